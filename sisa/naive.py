@@ -1,0 +1,96 @@
+"""The readable maths: SISA scan and attention with an explicit score matrix.
+
+This is the judge every other path is compared with (run it in float64). It
+materialises the full (t x t) score matrix, so it is for small t only.
+
+Shapes (flash-attn layout, batch first):
+    q            (b, t, h, d)
+    k, v         (b, t, hk, d)     hk divides h
+    C, B         (b, t, h, n)      n = d_state, even
+    log_alpha    (b, t, h)         <= 0
+    theta        (b, t, h, n/2)
+    lam          (h,)              > 0
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision for g, Phi, the decay and the rotation: float64 stays float64,
+    everything else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rotate_pairs(z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """Rotate each interleaved pair (z[2m], z[2m+1]) by angle phi[m].
+
+    z: (..., n), phi: (..., n/2) -> (..., n) in phi's dtype.
+    """
+    x, y = z.to(phi.dtype).unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = phi.cos(), phi.sin()
+    return torch.stack((x * cos - y * sin, x * sin + y * cos), dim=-1).flatten(-2)
+
+
+def naive_scan(C, B, log_alpha, theta, initial_state=None):
+    """g = g0 + cumsum(log_alpha), Phi = phi0 + cumsum(theta), rotated C and B.
+
+    C, B: (b, t, h, n); log_alpha: (b, t, h); theta: (b, t, h, n/2);
+    initial_state: optional (g0 (b, h), phi0 (b, h, n/2)).
+    Returns (C_rot, B_rot, g, (g_last, phi_last)): C_rot, B_rot (b, t, h, n) in
+    C's dtype, g (b, t, h) float32 (float64 for float64 inputs), g_last (b, h),
+    phi_last (b, h, n/2).
+    """
+    sd = state_dtype(C.dtype)
+    g = torch.cumsum(log_alpha.to(sd), dim=1)
+    phi = torch.cumsum(theta.to(sd), dim=1)
+    if initial_state is not None:
+        g0, phi0 = initial_state
+        g = g + g0.to(sd).unsqueeze(1)
+        phi = phi + phi0.to(sd).unsqueeze(1)
+    C_rot = rotate_pairs(C, phi).to(C.dtype)
+    B_rot = rotate_pairs(B, phi).to(B.dtype)
+    b, t, h = log_alpha.shape
+    if t > 0:
+        final = (g[:, -1], phi[:, -1])
+    elif initial_state is not None:
+        final = (initial_state[0].to(sd), initial_state[1].to(sd))
+    else:
+        final = (g.new_zeros(b, h), phi.new_zeros(b, h, theta.shape[-1]))
+    return C_rot, B_rot, g, final
+
+
+def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None):
+    """Causal SISA attention from the scan's outputs, with an explicit score matrix.
+
+    score[i, j] = scale q_i.k_j + lam exp(g_i - g_j) Cr_i.Br_j  (j <= i)
+    q (b, t, h, d); k, v (b, t, hk, d); C_rot, B_rot (b, t, h, n); g (b, t, h);
+    lam (h,). Returns (b, t, h, d) in q's dtype. Compute runs in float32
+    (float64 for float64 inputs).
+    """
+    b, t, h, d = q.shape
+    hk = k.shape[2]
+    sd = state_dtype(q.dtype)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    rep = h // hk
+    kk = k.to(sd).repeat_interleave(rep, dim=2)
+    vv = v.to(sd).repeat_interleave(rep, dim=2)
+    content = torch.einsum("bihd,bjhd->bhij", q.to(sd), kk) * scale
+    gh = g.to(sd).transpose(1, 2)                                  # (b, h, t)
+    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    # exp(min(g_i - g_j, 0)): the min guards cumsum rounding; masked entries stay finite.
+    decay = torch.exp((gh[:, :, :, None] - gh[:, :, None, :]).clamp(max=0).masked_fill(~causal, 0))
+    ssm = torch.einsum("bihn,bjhn->bhij", C_rot.to(sd), B_rot.to(sd))
+    score = content + lam.to(sd)[None, :, None, None] * decay * ssm
+    score = score.masked_fill(~causal, float("-inf"))
+    p = torch.softmax(score, dim=-1)
+    out = torch.einsum("bhij,bjhd->bihd", p, vv)
+    return out.to(q.dtype)
+
+
+def naive_sisa_attention(q, k, v, C, B, log_alpha, theta, lam, softmax_scale=None):
+    """The whole operation: scan then attention (shapes in the module docstring)."""
+    C_rot, B_rot, g, _ = naive_scan(C, B, log_alpha, theta)
+    return naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale)
