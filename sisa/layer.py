@@ -1,0 +1,113 @@
+"""The paper's SISA attention layer (SPEC.md section 2) as a drop-in nn.Module."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .naive import rotate_pairs
+from .ops import sisa_attention
+
+
+def rope(x: torch.Tensor, base: float = 10000.0, offset: int = 0) -> torch.Tensor:
+    """Interleaved rotary embedding: pair m of position p turns by p * base^(-2m/d).
+
+    x: (b, t, h, d) -> same shape and dtype (angles in float32).
+    """
+    t, d = x.shape[1], x.shape[-1]
+    inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
+    pos = torch.arange(offset, offset + t, device=x.device, dtype=torch.float32)
+    phi = (pos[:, None] * inv_freq)[None, :, None, :]             # (1, t, 1, d/2)
+    return rotate_pairs(x, phi).to(x.dtype)
+
+
+class SISAAttention(nn.Module):
+    """Causal self-attention with the SISA score bias.
+
+    forward(x (b, t, d_model)) -> (b, t, d_model). Heads h, head dim d = d_model / h,
+    kv heads hk (GQA when hk < h), n = d_state. With use_ssm=False it is plain causal
+    attention with RoPE (the Transformer baseline) and has no SSM parameters.
+    Parameter names follow the paper's code (W_Q ... lambda_raw).
+    """
+
+    def __init__(self, d_model, n_heads, d_state=16, n_kv_heads=None, rope_base=10000.0,
+                 backend="auto", use_ssm=True):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        n_kv_heads = n_kv_heads or n_heads
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+        if use_ssm and (d_state < 2 or d_state % 2):
+            raise ValueError(f"d_state must be even and >= 2, got {d_state}")
+        self.n_heads, self.n_kv_heads, self.d_state = n_heads, n_kv_heads, d_state
+        self.head_dim = d_model // n_heads
+        self.rope_base, self.backend, self.use_ssm = rope_base, backend, use_ssm
+        kv = n_kv_heads * self.head_dim
+        self.W_Q = nn.Linear(d_model, d_model, bias=False)
+        self.W_K = nn.Linear(d_model, kv, bias=False)
+        self.W_V = nn.Linear(d_model, kv, bias=False)
+        self.W_O = nn.Linear(d_model, d_model, bias=False)
+        if use_ssm:
+            self.W_B = nn.Linear(d_model, n_heads * d_state, bias=False)
+            self.W_C = nn.Linear(d_model, n_heads * d_state, bias=False)
+            self.alpha_proj = nn.Linear(d_model, n_heads)
+            self.theta_proj = nn.Linear(d_model, n_heads * d_state // 2, bias=False)
+            self.lambda_raw = nn.Parameter(torch.full((n_heads,), -1.0))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """The paper's initialisation: N(0, 0.02) projections, theta N(0, 0.01),
+        decay bias -5 (half-life ~100 tokens), lambda_raw -1 (lam ~ 0.313)."""
+        for lin in (self.W_Q, self.W_K, self.W_V, self.W_O):
+            nn.init.normal_(lin.weight, std=0.02)
+        if self.use_ssm:
+            for lin in (self.W_B, self.W_C, self.alpha_proj):
+                nn.init.normal_(lin.weight, std=0.02)
+            nn.init.constant_(self.alpha_proj.bias, -5.0)
+            nn.init.normal_(self.theta_proj.weight, std=0.01)
+            with torch.no_grad():
+                self.lambda_raw.fill_(-1.0)
+
+    def _apply(self, fn, recurse=True):
+        # lam stays float32 whatever dtype the module is cast to (the paper keeps it so).
+        super()._apply(fn, recurse)
+        if self.use_ssm and self.lambda_raw.dtype != torch.float32:
+            self.lambda_raw.data = self.lambda_raw.data.float()
+        return self
+
+    def lam(self) -> torch.Tensor:
+        """Per-head SSM weight softplus(lambda_raw): (h,) float32."""
+        return F.softplus(self.lambda_raw.float())
+
+    def ssm_inputs(self, x):
+        """The SSM branch: x (b, t, d_model) -> C, B (b, t, h, n), log_alpha (b, t, h)
+        float32, theta (b, t, h, n/2)."""
+        h = self.n_heads
+        C = rearrange(self.W_C(x), "b t (h n) -> b t h n", h=h)
+        B = rearrange(self.W_B(x), "b t (h n) -> b t h n", h=h)
+        log_alpha = -F.softplus(self.alpha_proj(x).float())
+        theta = rearrange(self.theta_proj(x), "b t (h m) -> b t h m", h=h)
+        return C, B, log_alpha, theta
+
+    def qkv(self, x, offset: int = 0):
+        """Projections with RoPE on q and k: q (b, t, h, d), k and v (b, t, hk, d)."""
+        d = self.head_dim
+        q = rearrange(self.W_Q(x), "b t (h d) -> b t h d", d=d)
+        k = rearrange(self.W_K(x), "b t (h d) -> b t h d", d=d)
+        v = rearrange(self.W_V(x), "b t (h d) -> b t h d", d=d)
+        return rope(q, self.rope_base, offset), rope(k, self.rope_base, offset), v
+
+    def forward(self, x):
+        q, k, v = self.qkv(x)
+        if self.use_ssm:
+            C, B, log_alpha, theta = self.ssm_inputs(x)
+            o = sisa_attention(q, k, v, C, B, log_alpha, theta, self.lam(), backend=self.backend,
+                               check_inputs=False)
+        else:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True).transpose(1, 2)
+        return self.W_O(rearrange(o, "b t h d -> b t (h d)"))

@@ -1,0 +1,126 @@
+"""The paper's causal LM: pre-norm SISA blocks with SwiGLU FFNs and a tied head.
+
+With ``use_ssm=False`` the same code is the Transformer baseline.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layer import SISAAttention
+
+# name: (d_model, n_heads, n_layers, Transformer d_ff), SPEC.md section 2.
+PRESETS = {"50M": (512, 8, 6, 2048), "152M": (768, 12, 12, 3072), "369M": (1024, 16, 24, 2944)}
+
+
+def ssm_params_per_layer(d_model: int, n_heads: int, d_state: int) -> int:
+    """Parameters SISA adds to a layer: W_B, W_C, theta_proj, alpha_proj (+bias), lambda_raw."""
+    return d_model * n_heads * (2 * d_state + d_state // 2 + 1) + 2 * n_heads
+
+
+def matched_d_ff(d_model: int, n_heads: int, d_state: int, transformer_d_ff: int) -> int:
+    """SISA's FFN width that matches a Transformer's parameter count (the paper's rule:
+    the SwiGLU FFN's 3 * d_model * d_ff shrinks by what the SSM branch adds)."""
+    return transformer_d_ff - round(ssm_params_per_layer(d_model, n_heads, d_state) / (3 * d_model))
+
+
+@dataclasses.dataclass
+class SISAConfig:
+    vocab_size: int = 50277
+    d_model: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    d_state: int = 16
+    d_ff: int = 2908
+    n_kv_heads: int | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    use_ssm: bool = True
+    backend: str = "auto"
+
+    @classmethod
+    def preset(cls, name: str, d_state: int = 16, use_ssm: bool = True, **overrides) -> "SISAConfig":
+        """The paper's 50M / 152M / 369M shapes; SISA's d_ff shrunk to match the Transformer."""
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        d_model, heads, layers, t_ff = PRESETS[name]
+        d_ff = matched_d_ff(d_model, heads, d_state, t_ff) if use_ssm else t_ff
+        return cls(d_model=d_model, n_heads=heads, n_layers=layers, d_state=d_state, d_ff=d_ff,
+                   use_ssm=use_ssm, **overrides)
+
+    def replace(self, **changes) -> "SISAConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model, d_ff):
+        super().__init__()
+        self.w_gate = nn.Linear(d_model, d_ff, bias=False)
+        self.w_up = nn.Linear(d_model, d_ff, bias=False)
+        self.w_down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x):
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, cfg: SISAConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = SISAAttention(cfg.d_model, cfg.n_heads, cfg.d_state, cfg.n_kv_heads,
+                                  cfg.rope_base, cfg.backend, cfg.use_ssm)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.d_model, cfg.d_ff)
+
+    def forward(self, x):
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class SISAModel(nn.Module):
+    """Causal LM. forward(ids (b, t) long) -> logits (b, t, vocab_size)."""
+
+    def __init__(self, config: SISAConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        for block in self.layers:
+            for lin in (block.ffn.w_gate, block.ffn.w_up, block.ffn.w_down):
+                nn.init.normal_(lin.weight, std=0.02)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for block in self.layers:
+            x = block(x)
+        return F.linear(self.final_norm(x), self.embed.weight)   # tied head
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.1, lam_lr_scale: float = 0.1):
+    """AdamW parameter groups with the paper's treatment: lambda_raw (float32) at
+    lr * lam_lr_scale and no weight decay; norms and biases without decay."""
+    lam, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith("lambda_raw"):
+            lam.append(p)
+        elif p.dim() < 2:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+              {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+    if lam:
+        groups.append({"params": lam, "lr": lr * lam_lr_scale, "weight_decay": 0.0})
+    return groups
