@@ -27,11 +27,11 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 def rotate_pairs(z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     """Rotate each interleaved pair (z[2m], z[2m+1]) by angle phi[m].
 
-    z: (..., n), phi: (..., n/2) -> (..., n) in phi's dtype.
+    (x, y) -> (x cos - y sin, x sin + y cos), i.e. x + iy times e^(i phi).
+    z: (..., n), phi: (..., n/2) -> (..., n) in phi's dtype (float32 or float64).
     """
-    x, y = z.to(phi.dtype).unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = phi.cos(), phi.sin()
-    return torch.stack((x * cos - y * sin, x * sin + y * cos), dim=-1).flatten(-2)
+    pairs = torch.view_as_complex(z.to(phi.dtype).contiguous().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * torch.polar(torch.ones_like(phi), phi)).flatten(-2)
 
 
 def naive_scan(C, B, log_alpha, theta, initial_state=None):
@@ -62,26 +62,30 @@ def naive_scan(C, B, log_alpha, theta, initial_state=None):
     return C_rot, B_rot, g, final
 
 
-def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None):
+def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=True):
     """Causal SISA attention from the scan's outputs, with an explicit score matrix.
 
     score[i, j] = scale q_i.k_j + lam exp(g_i - g_j) Cr_i.Br_j  (j <= i)
-    q (b, t, h, d); k, v (b, t, hk, d); C_rot, B_rot (b, t, h, n); g (b, t, h);
-    lam (h,). Returns (b, t, h, d) in q's dtype. Compute runs in float32
-    (float64 for float64 inputs).
+    q (b, s, h, d); k, v (b, t, hk, d); C_rot (b, s, h, n); B_rot (b, t, h, n);
+    g (b, t, h); lam (h,). The s queries are the last s of the t positions
+    (s = t for a whole sequence; s < t for cached decoding). Returns (b, s, h, d)
+    in q's dtype. Compute runs in float32 (float64 for float64 inputs);
+    upcast=False keeps the products and softmax in q's dtype (only the decay in
+    float32): PyTorch's own low-precision error, the yardstick for tolerances.
     """
-    b, t, h, d = q.shape
-    hk = k.shape[2]
-    sd = state_dtype(q.dtype)
+    b, s, h, d = q.shape
+    t, hk = k.shape[1], k.shape[2]
+    sd = state_dtype(q.dtype) if upcast else q.dtype
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     rep = h // hk
     kk = k.to(sd).repeat_interleave(rep, dim=2)
     vv = v.to(sd).repeat_interleave(rep, dim=2)
     content = torch.einsum("bihd,bjhd->bhij", q.to(sd), kk) * scale
-    gh = g.to(sd).transpose(1, 2)                                  # (b, h, t)
-    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    gk = g.to(state_dtype(q.dtype)).transpose(1, 2)                # (b, h, t)
+    gq = gk[:, :, t - s:]                                          # (b, h, s)
+    causal = torch.ones(s, t, dtype=torch.bool, device=q.device).tril(diagonal=t - s)
     # exp(min(g_i - g_j, 0)): the min guards cumsum rounding; masked entries stay finite.
-    decay = torch.exp((gh[:, :, :, None] - gh[:, :, None, :]).clamp(max=0).masked_fill(~causal, 0))
+    decay = torch.exp((gq[:, :, :, None] - gk[:, :, None, :]).clamp(max=0).masked_fill(~causal, 0)).to(sd)
     ssm = torch.einsum("bihn,bjhn->bhij", C_rot.to(sd), B_rot.to(sd))
     score = content + lam.to(sd)[None, :, None, None] * decay * ssm
     score = score.masked_fill(~causal, float("-inf"))
@@ -90,7 +94,7 @@ def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None):
     return out.to(q.dtype)
 
 
-def naive_sisa_attention(q, k, v, C, B, log_alpha, theta, lam, softmax_scale=None):
+def naive_sisa_attention(q, k, v, C, B, log_alpha, theta, lam, softmax_scale=None, upcast=True):
     """The whole operation: scan then attention (shapes in the module docstring)."""
     C_rot, B_rot, g, _ = naive_scan(C, B, log_alpha, theta)
-    return naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale)
+    return naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale, upcast)
