@@ -6,20 +6,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .naive import rotate_pairs
-from .ops import sisa_attention
+from torch.nn.attention.bias import causal_lower_right
+
+from .cache import LayerCache, cached_attention
+from .naive import rotate_pairs, state_dtype
+from .ops import attention_from_scan, sisa_attention, ssm_importance_scan
+from .varlen import check_cu_seqlens, positions as packed_positions
 
 
-def rope(x: torch.Tensor, base: float = 10000.0, offset: int = 0) -> torch.Tensor:
+def rope(x: torch.Tensor, base: float = 10000.0, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Interleaved rotary embedding: pair m of position p turns by p * base^(-2m/d).
 
-    x: (b, t, h, d) -> same shape and dtype (angles in float32).
+    x: (b, t, h, d); positions: (t,) (default 0..t-1) -> same shape and dtype as x
+    (angles in float32).
     """
     t, d = x.shape[1], x.shape[-1]
+    if positions is None:
+        positions = torch.arange(t, device=x.device)
     inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
-    pos = torch.arange(offset, offset + t, device=x.device, dtype=torch.float32)
-    phi = (pos[:, None] * inv_freq)[None, :, None, :]             # (1, t, 1, d/2)
+    phi = (positions.float()[:, None] * inv_freq)[None, :, None, :]   # (1, t, 1, d/2)
     return rotate_pairs(x, phi).to(x.dtype)
+
+
+def _plain_attention(q, k, v):
+    """Causal softmax attention, the s queries being the last s of k's t positions.
+    q (b, s, h, d); k, v (b, t, h, d) -> (b, s, h, d)."""
+    s, t = q.shape[1], k.shape[1]
+    mask = None if s in (1, t) else causal_lower_right(s, t)
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       attn_mask=mask, is_causal=(s == t and s > 1))
+    return o.transpose(1, 2)
 
 
 class SISAAttention(nn.Module):
@@ -71,43 +87,78 @@ class SISAAttention(nn.Module):
                 self.lambda_raw.fill_(-1.0)
 
     def _apply(self, fn, recurse=True):
-        # lam stays float32 whatever dtype the module is cast to (the paper keeps it so).
+        # lam stays float32 when the module is cast to 16 bits (the paper keeps it so).
         super()._apply(fn, recurse)
-        if self.use_ssm and self.lambda_raw.dtype != torch.float32:
+        if self.use_ssm and self.lambda_raw.dtype in (torch.float16, torch.bfloat16):
             self.lambda_raw.data = self.lambda_raw.data.float()
         return self
 
     def lam(self) -> torch.Tensor:
-        """Per-head SSM weight softplus(lambda_raw): (h,) float32."""
-        return F.softplus(self.lambda_raw.float())
+        """Per-head SSM weight softplus(lambda_raw): (h,) float32 (float64 in a float64 model)."""
+        return F.softplus(self.lambda_raw)
 
     def ssm_inputs(self, x):
         """The SSM branch: x (b, t, d_model) -> C, B (b, t, h, n), log_alpha (b, t, h)
-        float32, theta (b, t, h, n/2)."""
+        float32 (float64 for float64 x), theta (b, t, h, n/2)."""
         h = self.n_heads
         C = rearrange(self.W_C(x), "b t (h n) -> b t h n", h=h)
         B = rearrange(self.W_B(x), "b t (h n) -> b t h n", h=h)
-        log_alpha = -F.softplus(self.alpha_proj(x).float())
+        log_alpha = -F.softplus(self.alpha_proj(x).to(state_dtype(x.dtype)))
         theta = rearrange(self.theta_proj(x), "b t (h m) -> b t h m", h=h)
         return C, B, log_alpha, theta
 
-    def qkv(self, x, offset: int = 0):
-        """Projections with RoPE on q and k: q (b, t, h, d), k and v (b, t, hk, d)."""
+    def qkv(self, x, positions=None):
+        """Projections with RoPE on q and k: q (b, t, h, d), k and v (b, t, hk, d);
+        positions (t,) defaults to 0..t-1."""
         d = self.head_dim
         q = rearrange(self.W_Q(x), "b t (h d) -> b t h d", d=d)
         k = rearrange(self.W_K(x), "b t (h d) -> b t h d", d=d)
         v = rearrange(self.W_V(x), "b t (h d) -> b t h d", d=d)
-        return rope(q, self.rope_base, offset), rope(k, self.rope_base, offset), v
+        return rope(q, self.rope_base, positions), rope(k, self.rope_base, positions), v
 
-    def forward(self, x):
-        q, k, v = self.qkv(x)
-        if self.use_ssm:
+    def forward(self, x, cache: LayerCache | None = None, cu_seqlens=None):
+        """x (b, t, d_model) -> (b, t, d_model).
+
+        cache: a LayerCache to decode with (x holds the next tokens; the cache grows).
+        cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1 (training).
+        """
+        if cache is not None and cu_seqlens is not None:
+            raise ValueError("cache and cu_seqlens cannot be combined")
+        t = x.shape[1]
+        if cu_seqlens is not None:
+            check_cu_seqlens(cu_seqlens, t, x.shape[0])
+            pos = packed_positions(cu_seqlens, t)
+        else:
+            start = cache.length if cache is not None else 0
+            pos = torch.arange(start, start + t, device=x.device)
+        q, k, v = self.qkv(x, pos)
+        if not self.use_ssm:
+            o = self._forward_plain(q, k, v, cache, cu_seqlens)
+        elif cache is None:
             C, B, log_alpha, theta = self.ssm_inputs(x)
             o = sisa_attention(q, k, v, C, B, log_alpha, theta, self.lam(), backend=self.backend,
-                               check_inputs=False)
+                               cu_seqlens=cu_seqlens, check_inputs=False)
         else:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
-            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               is_causal=True).transpose(1, 2)
+            o = self._forward_cached(x, q, k, v, cache)
         return self.W_O(rearrange(o, "b t h d -> b t (h d)"))
+
+    def _forward_cached(self, x, q, k, v, cache):
+        C, B, log_alpha, theta = self.ssm_inputs(x)
+        C_rot, B_rot, g, cache.state = ssm_importance_scan(C, B, log_alpha, theta, initial_state=cache.state,
+                                                           check_inputs=False)
+        prefill = cache.length == 0
+        past = cache.append(k=k, v=v, B_rot=B_rot, g=g)
+        if prefill:  # the prompt: the ordinary fast path
+            return attention_from_scan(q, k, v, C_rot, B_rot, g, self.lam(), backend=self.backend)
+        return cached_attention(q, past["k"], past["v"], C_rot, past["B_rot"], past["g"], self.lam())
+
+    def _forward_plain(self, q, k, v, cache, cu_seqlens):
+        rep = self.n_heads // self.n_kv_heads
+        if cache is not None:
+            past = cache.append(k=k, v=v)
+            k, v = past["k"], past["v"]
+        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+        if cu_seqlens is None:
+            return _plain_attention(q, k, v)
+        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
+        return torch.cat([_plain_attention(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in segments], dim=1)

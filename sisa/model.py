@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cache import LayerCache
 from .layer import SISAAttention
 
 # name: (d_model, n_heads, n_layers, Transformer d_ff), SPEC.md section 2.
@@ -77,8 +78,8 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.ffn = SwiGLU(cfg.d_model, cfg.d_ff)
 
-    def forward(self, x):
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x, cache=None, cu_seqlens=None):
+        x = x + self.attn(self.attn_norm(x), cache=cache, cu_seqlens=cu_seqlens)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -96,14 +97,54 @@ class SISAModel(nn.Module):
             for lin in (block.ffn.w_gate, block.ffn.w_up, block.ffn.w_down):
                 nn.init.normal_(lin.weight, std=0.02)
 
-    def forward(self, ids):
+    def forward(self, ids, caches=None, cu_seqlens=None):
+        """ids (b, t) long -> logits (b, t, vocab_size).
+
+        caches: one LayerCache per layer (see ``new_caches``) for cached decoding.
+        cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1.
+        """
         x = self.embed(ids)
-        for block in self.layers:
-            x = block(x)
+        for i, block in enumerate(self.layers):
+            x = block(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens)
         return F.linear(self.final_norm(x), self.embed.weight)   # tied head
+
+    def new_caches(self, capacity: int = 0) -> list[LayerCache]:
+        """Empty per-layer decoding caches, preallocated for ``capacity`` tokens."""
+        return [LayerCache(capacity) for _ in self.layers]
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Extend ``input_ids`` (b, t) by ``max_new_tokens`` -> (b, t + new).
+
+        Greedy by default; temperature > 0 samples (optionally from the top_k logits).
+        The prompt is processed once, then each step feeds one token through the caches.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be (b, t) with t >= 1, got shape {tuple(input_ids.shape)}")
+        caches = self.new_caches(input_ids.shape[1] + max_new_tokens)
+        logits = self(input_ids, caches=caches)[:, -1]
+        out = [input_ids]
+        for step in range(max_new_tokens):
+            nxt = _pick(logits.float(), temperature, top_k, generator)
+            out.append(nxt)
+            if step + 1 < max_new_tokens:
+                logits = self(nxt, caches=caches)[:, -1]
+        return torch.cat(out, dim=1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _pick(logits, temperature, top_k, generator):
+    """logits (b, vocab) -> next ids (b, 1)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.1, lam_lr_scale: float = 0.1):

@@ -12,23 +12,30 @@ from . import backends
 from ._checks import check_attention_inputs, check_scan_inputs
 from .naive import naive_attention, naive_scan, state_dtype
 from .sdpa import sdpa_attention
+from .varlen import check_cu_seqlens
 
 
 def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="auto",
-                        check_inputs=True):
+                        cu_seqlens=None, check_inputs=True):
     """The SSM importance scan: cumulative log-decay and rotated C, B.
 
     Args:
         C, B: (b, t, h, n) SSM projections, n = d_state even.
         log_alpha: (b, t, h) per-token log-decays, <= 0.
         theta: (b, t, h, n/2) per-token phase increments.
-        initial_state: optional (g0 (b, h), phi0 (b, h, n/2)) to continue a scan.
+        initial_state: optional (g0 (b, h), phi0 (b, h, n/2)) to continue a scan
+            (with cu_seqlens: (n_seqs, h), (n_seqs, h, n/2), one per sequence).
         backend: "naive" (PyTorch ops), "triton" (fused kernel) or "auto".
+        cu_seqlens: optional int32 (n_seqs + 1,) for packed inputs (b = 1): the scan
+            restarts at every sequence start.
         check_inputs: validate values too (log_alpha <= 0; one host sync).
     Returns:
         (C_rot (b, t, h, n) in C's dtype, B_rot (b, t, h, n), g (b, t, h) float32
-        (float64 for float64 inputs), final_state (g_last (b, h), phi_last (b, h, n/2))).
+        (float64 for float64 inputs), final_state (g_last, phi_last)) with g_last
+        (b, h) and phi_last (b, h, n/2) — (n_seqs, ...) with cu_seqlens.
     """
+    if cu_seqlens is not None:
+        return _packed_scan(C, B, log_alpha, theta, initial_state, backend, cu_seqlens, check_inputs)
     check_scan_inputs(C, B, log_alpha, theta, initial_state, check_values=check_inputs)
     backend = backends.resolve(backend, C.device, "scan")
     if backend == "triton" and C.dtype != torch.float64:
@@ -38,8 +45,41 @@ def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="
     return naive_scan(C, B, log_alpha, theta, initial_state)
 
 
+def _packed_scan(C, B, log_alpha, theta, initial_state, backend, cu_seqlens, check_inputs):
+    check_scan_inputs(C, B, log_alpha, theta, None, check_values=check_inputs)
+    segments = check_cu_seqlens(cu_seqlens, C.shape[1], C.shape[0])
+    outs, g_last, phi_last = [], [], []
+    for s, (a, b) in enumerate(segments):
+        state = None if initial_state is None else (initial_state[0][s:s + 1], initial_state[1][s:s + 1])
+        C_rot, B_rot, g, (gl, pl) = ssm_importance_scan(
+            C[:, a:b], B[:, a:b], log_alpha[:, a:b], theta[:, a:b], initial_state=state,
+            backend=backend, check_inputs=False)
+        outs.append((C_rot, B_rot, g))
+        g_last.append(gl)
+        phi_last.append(pl)
+    C_rot, B_rot, g = (torch.cat(parts, dim=1) for parts in zip(*outs))
+    return C_rot, B_rot, g, (torch.cat(g_last), torch.cat(phi_last))
+
+
+def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, backend="auto"):
+    """SISA attention given the scan's outputs (no validation: internal callers such
+    as the layer's cached prefill). Shapes as sisa_attention, with C_rot, B_rot
+    (b, t, h, n) and g (b, t, h). Returns (b, t, h, d) in q's dtype."""
+    backend = backends.resolve(backend, q.device, "attention")
+    b, t, h, d = q.shape
+    if t == 0:
+        return q.new_empty(b, 0, h, d)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    if backend == "naive":
+        return naive_attention(q, k, v, C_rot, B_rot, g, lam, scale)
+    if backend == "sdpa":
+        return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale)
+    attn = backends.kernel("attention_op").sisa_attn
+    return attn(q, k, v, C_rot, B_rot, g.float(), lam.float(), scale)
+
+
 def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, backend="auto",
-                   check_inputs=True):
+                   cu_seqlens=None, check_inputs=True):
     """Causal SISA attention.
 
         score[i, j] = scale q_i.k_j + lam exp(g_i - g_j) (R(Phi_i) C_i).(R(Phi_j) B_j),  j <= i
@@ -53,23 +93,27 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         softmax_scale: defaults to 1/sqrt(d) (the content head dim).
         backend: "naive" (explicit t x t scores), "sdpa" (stock SDPA, exact at any
             decay), "triton" (fused kernels) or "auto" (triton on CUDA, else sdpa).
+        cu_seqlens: optional int32 (n_seqs + 1,) for packed inputs (b = 1): no token
+            attends across a sequence boundary and g, Phi restart at each start.
         check_inputs: also check values (log_alpha <= 0, lam > 0; one host sync).
     Returns:
         (b, t, h, d) in q's dtype. Differentiable in all eight inputs.
     """
     check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=check_inputs)
     backend = backends.resolve(backend, q.device, "attention")
-    b, t, h, d = q.shape
-    if t == 0:
-        return q.new_empty(b, 0, h, d)
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    if cu_seqlens is not None:
+        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
+        outs = [sisa_attention(*(x[:, a:b] for x in (q, k, v, C, B, log_alpha, theta)), lam,
+                               softmax_scale=softmax_scale, backend=backend, check_inputs=False)
+                for a, b in segments]
+        return torch.cat(outs, dim=1) if outs else q.new_empty(q.shape)
+    if q.shape[1] == 0:
+        return q.new_empty(q.shape)
     if backend == "naive":
-        C_rot, B_rot, g, _ = naive_scan(C, B, log_alpha, theta)
-        return naive_attention(q, k, v, C_rot, B_rot, g, lam, scale)
-    fused_scan = backend == "triton" or (q.is_cuda and backends.triton_unavailable_reason(q.device) is None)
-    scan_backend = "triton" if fused_scan else "naive"
+        scan_backend = "naive"
+    elif backend == "triton" or (q.is_cuda and backends.triton_unavailable_reason(q.device) is None):
+        scan_backend = "triton"
+    else:
+        scan_backend = "naive"
     C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend=scan_backend, check_inputs=False)
-    if backend == "sdpa":
-        return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale)
-    attn = backends.kernel("attention_op").sisa_attn
-    return attn(q, k, v, C_rot, B_rot, g.float(), lam.to(state_dtype(q.dtype)), scale)
+    return attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=softmax_scale, backend=backend)

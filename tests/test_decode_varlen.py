@@ -1,0 +1,144 @@
+"""Cached decoding equals full recomputation; packed sequences equal a per-sequence loop."""
+import pytest
+import torch
+
+import sisa
+from sisa.cache import LayerCache
+from sisa.testing import Case, make_inputs
+
+from conftest import DEVICE
+
+BACKENDS = sisa.available_backends(DEVICE)
+NAMES = ("q", "k", "v", "C", "B", "log_alpha", "theta", "lam")
+
+
+def tiny_model(use_ssm=True, dtype=torch.float64, backend="auto"):
+    torch.manual_seed(0)
+    cfg = sisa.SISAConfig(vocab_size=61, d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, d_state=8,
+                          d_ff=48, use_ssm=use_ssm, backend=backend)
+    model = sisa.SISAModel(cfg).to(DEVICE, dtype)
+    if use_ssm:  # strong decays and a large lam so the SSM term decides the output
+        for block in model.layers:
+            torch.nn.init.constant_(block.attn.alpha_proj.bias, 0.5)
+            torch.nn.init.constant_(block.attn.lambda_raw, 1.0)
+            torch.nn.init.normal_(block.attn.W_C.weight, std=0.5)
+            torch.nn.init.normal_(block.attn.W_B.weight, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("use_ssm", [True, False])
+def test_cached_logits_equal_full_forward(use_ssm):
+    model = tiny_model(use_ssm)
+    ids = torch.randint(0, 61, (2, 23), device=DEVICE)
+    full = model(ids)
+    caches = model.new_caches()
+    parts = [model(ids[:, a:b], caches=caches) for a, b in ((0, 9), (9, 10), (10, 14), (14, 23))]
+    assert caches[0].length == 23
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("use_ssm", [True, False])
+def test_greedy_generate_matches_argmax_of_full_recomputation(use_ssm):
+    model = tiny_model(use_ssm)
+    ids = torch.randint(0, 61, (3, 5), device=DEVICE)
+    out = model.generate(ids, max_new_tokens=15)
+    assert out.shape == (3, 20) and torch.equal(out[:, :5], ids)
+    for step in range(5, 20):  # every new token is the argmax of recomputing everything before it
+        assert torch.equal(model(out[:, :step])[:, -1].argmax(-1), out[:, step])
+
+
+def test_sampling_respects_top_k_and_generator():
+    model = tiny_model(dtype=torch.float32)
+    ids = torch.randint(0, 61, (2, 4), device=DEVICE)
+    a = model.generate(ids, 6, temperature=1.0, top_k=1, generator=torch.Generator(DEVICE).manual_seed(1))
+    assert torch.equal(a, model.generate(ids, 6))            # top-1 sampling is greedy
+    b = model.generate(ids, 6, temperature=1.0, generator=torch.Generator(DEVICE).manual_seed(3))
+    c = model.generate(ids, 6, temperature=1.0, generator=torch.Generator(DEVICE).manual_seed(3))
+    assert torch.equal(b, c)
+
+
+def test_cache_grows_by_doubling_without_losing_data():
+    cache = LayerCache()
+    xs = [torch.full((1, 1, 2), float(i)) for i in range(40)]
+    sizes = set()
+    for x in xs:
+        view = cache.append(x=x)["x"]
+        sizes.add(cache._buf["x"].shape[1])
+    assert torch.equal(view[0, :, 0], torch.arange(40.0))
+    assert sizes == {1, 2, 4, 8, 16, 32, 64}                  # doubling, not one copy per token
+
+
+def test_cache_scan_state_continues_the_scan():
+    x = make_inputs(Case(1, 30, 2, 2, 8, 6, decay=0.3), torch.float64, DEVICE)
+    full = sisa.ssm_importance_scan(x["C"], x["B"], x["log_alpha"], x["theta"])
+    first = sisa.ssm_importance_scan(x["C"][:, :11], x["B"][:, :11], x["log_alpha"][:, :11], x["theta"][:, :11])
+    rest = sisa.ssm_importance_scan(x["C"][:, 11:], x["B"][:, 11:], x["log_alpha"][:, 11:], x["theta"][:, 11:],
+                                    initial_state=first[3])
+    for a, b in zip(full[:3], (torch.cat((p, r), 1) for p, r in zip(first[:3], rest[:3]))):
+        torch.testing.assert_close(a, b)
+
+
+def packed_inputs(lengths, dtype, decay=0.4):
+    x = make_inputs(Case(1, sum(lengths), 4, 2, 16, 8, decay=decay), dtype, DEVICE)
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device=DEVICE)
+    return x, cu
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_attention_equals_per_sequence_loop(backend, dtype):
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the Triton kernels take 16/32-bit inputs")
+    lengths = [5, 1, 0, 17, 9]
+    x, cu = packed_inputs(lengths, dtype)
+    args = [x[n] for n in NAMES]
+    packed = sisa.sisa_attention(*args, cu_seqlens=cu, backend=backend)
+    loop = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        loop.append(sisa.sisa_attention(*(t[:, a:b] for t in args[:7]), args[7], backend=backend))
+    torch.testing.assert_close(packed, torch.cat(loop, 1), rtol=0, atol=0)
+    # and it differs from attending across boundaries (so the test can fail)
+    assert not torch.allclose(packed, sisa.sisa_attention(*args, backend=backend), atol=1e-3)
+
+
+def test_packed_scan_restarts_and_reports_one_state_per_sequence():
+    lengths = [4, 7, 3]
+    x, cu = packed_inputs(lengths, torch.float64)
+    C_rot, B_rot, g, (g_last, phi_last) = sisa.ssm_importance_scan(x["C"], x["B"], x["log_alpha"], x["theta"],
+                                                                   cu_seqlens=cu)
+    assert g_last.shape == (3, 4) and phi_last.shape == (3, 4, 4)
+    torch.testing.assert_close(g[0, 4], x["log_alpha"][0, 4].double())   # restarted at the 2nd start
+    torch.testing.assert_close(g_last[1], g[0, 10])
+
+
+def test_packed_model_equals_per_sequence_loop():
+    model = tiny_model()
+    ids = torch.randint(0, 61, (1, 20), device=DEVICE)
+    cu = torch.tensor([0, 6, 13, 20], dtype=torch.int32, device=DEVICE)
+    packed = model(ids, cu_seqlens=cu)
+    loop = torch.cat([model(ids[:, a:b]) for a, b in ((0, 6), (6, 13), (13, 20))], 1)
+    torch.testing.assert_close(packed, loop, rtol=0, atol=1e-10)
+    packed.sum().backward()                                   # packed training backpropagates
+    assert model.layers[0].attn.lambda_raw.grad is not None
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.tensor([1, 5, 9], dtype=torch.int32), "start at 0"),
+    (torch.tensor([0, 6, 4, 9], dtype=torch.int32), "non-decreasing"),
+    (torch.tensor([0, 5, 8], dtype=torch.int32), "end at"),
+    (torch.tensor([0, 5, 9], dtype=torch.int64), "int32"),
+    (torch.tensor([[0, 9]], dtype=torch.int32), "1-D"),
+    ([0, 9], "torch.Tensor"),
+])
+def test_bad_cu_seqlens(bad, message):
+    x, _ = packed_inputs([9], torch.float32)
+    with pytest.raises((ValueError, TypeError), match=message):
+        sisa.sisa_attention(*(x[n] for n in NAMES), cu_seqlens=bad)
+    with pytest.raises((ValueError, TypeError), match=message):
+        sisa.ssm_importance_scan(x["C"], x["B"], x["log_alpha"], x["theta"], cu_seqlens=bad)
+
+
+def test_cu_seqlens_needs_batch_one():
+    x = make_inputs(Case(2, 6, 2, 2, 8, 4), torch.float32, DEVICE)
+    with pytest.raises(ValueError, match="batch 1"):
+        sisa.sisa_attention(*(x[n] for n in NAMES), cu_seqlens=torch.tensor([0, 6], dtype=torch.int32))
