@@ -31,7 +31,7 @@ def triton_unavailable_reason(device) -> str | None:
         return "Triton runs on the CPU only under TRITON_INTERPRET=1"
     if device.type not in ("cpu", "cuda"):
         return f"no Triton kernels for device type {device.type!r}"
-    for module in ("scan", "attention_op"):
+    for module in ("scan", "attention_op", "decode"):
         mod, reason = _load(module)
         if mod is None:
             return f"sisa_kernels.{module} failed to import ({reason})"
