@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The one prepared check for a lent GPU (one H200, torch 2.11, Triton 3.6, no network).
+# Run from the source tree root:
+#
+#     OUT=/path/to/results bash benchmarks/gpu_check.sh
+#
+# Stages, each under `timeout`, each exit status reported; a failing stage does not
+# stop the next one:
+#   1. env   : nvidia-smi, versions, sisa.available_backends("cuda")   -> $OUT/env.log
+#   2. tests : GPU parity tests, python -m pytest tests -q -x           -> $OUT/tests.log
+#              (the tests pick CUDA by themselves, bf16 included)
+#   3. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
+#              with --budget-s so it stops timing in time to write its report;
+#              results.json is rewritten after every row, so even a kill keeps data.
+# All three fit in TOTAL_S seconds (default 480 = 8 minutes).
+set -u
+
+OUT=${OUT:-benchmarks/results/scratch/gpu-check}
+TOTAL_S=${TOTAL_S:-480}
+TESTS_S=${TESTS_S:-210}
+BENCH_ARGS=${BENCH_ARGS:-}           # e.g. "--d-state 16 --dtype bf16" to narrow the sweep
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+START=$SECONDS
+SUMMARY=()
+
+stage() {  # stage NAME LIMIT_S TAIL_LINES CMD...
+    local name=$1 limit=$2 lines=$3
+    shift 3
+    local t0=$SECONDS
+    echo "=== $name: start at +$((t0 - START)) s, limit ${limit} s ==="
+    timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    local note=""
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then note=" (timed out)"; fi
+    tail -n "$lines" "$OUT/$name.log"
+    SUMMARY+=("$name: exit $rc$note after $((SECONDS - t0)) s")
+    echo "=== $name: exit $rc$note after $((SECONDS - t0)) s ==="
+}
+
+stage env 60 80 bash -c '
+nvidia-smi
+python - <<EOF
+import platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
+try:
+    import triton; print("triton", triton.__version__)
+except Exception as exc:
+    print("triton unavailable:", exc)
+try:
+    import flash_attn; print("flash_attn", flash_attn.__version__)
+except Exception as exc:
+    print("flash_attn unavailable:", type(exc).__name__)
+print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+import sisa
+from sisa.backends import triton_unavailable_reason
+print("sisa.available_backends(cuda):", sisa.available_backends("cuda"),
+      "| triton reason:", triton_unavailable_reason("cuda"))
+EOF'
+
+stage tests "$TESTS_S" 40 python -m pytest tests -q -x -p no:cacheprovider
+
+LEFT=$((TOTAL_S - (SECONDS - START) - 10))
+BUDGET=$((LEFT - 75))                 # stop timing early enough to write results.md/png
+if [ "$BUDGET" -lt 30 ]; then BUDGET=30; fi
+# shellcheck disable=SC2086
+stage bench "$LEFT" 25 python -m benchmarks.run --out "$OUT/bench" --budget-s "$BUDGET" $BENCH_ARGS
+
+echo "=== summary (total $((SECONDS - START)) s) ==="
+printf '%s\n' "${SUMMARY[@]}"
+if [ -f "$OUT/bench/results.json" ]; then
+    python - "$OUT/bench/results.json" <<'EOF'
+import collections, json, sys
+rows = json.load(open(sys.argv[1]))["results"]
+print("bench rows by status:", dict(collections.Counter(r["status"] for r in rows)))
+bad = [r for r in rows if r["status"] in ("mismatch", "error")]
+for r in bad[:40]:
+    print(f"  {r['status']}: {r['provider']} {r['mode']} t={r['seqlen']} d={r['d_head']} "
+          f"n={r['d_state']} {r['dtype']}: {r['reason']}")
+if len(bad) > 40:
+    print(f"  ... and {len(bad) - 40} more (see results.md)")
+EOF
+fi

@@ -1,0 +1,307 @@
+"""The benchmark sweep and its command line.
+
+    python -m benchmarks.run --quick                      # < 90 s on a 2-core CPU
+    python -m benchmarks.run                              # the default sweep for this device
+    python -m benchmarks.run --seqlens 1024,4096 --d-head 128 --d-state 16 \
+        --dtype bf16 --providers plain,sdpa,triton --modes fwd --out /tmp/bench
+
+For every (d_state, d_head, dtype, t, mode) and provider: check support, make one
+untimed call at the full shape (compilation, autotuning), run the correctness gate
+(``benchmarks.gate``), and only if it passes, time it. Rows stream to
+``results.json`` as they finish (a killed sweep keeps what it measured); at the
+end ``results.md`` and ``results.png`` are written and the table is printed.
+Progress goes to stderr, one line per measurement.
+
+Batch size is tokens // t (at least 1), so every t moves roughly the same number
+of tokens (16K on a GPU, 2K on a CPU); heads default to 8. The full GPU sweep is
+~900 measurements: bound it with --budget-s (benchmarks/gpu_check.sh does).
+--quick on a CPU runs torch on one thread, which keeps timings sane on a shared
+machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import gate, report
+from .providers import PROVIDERS, Shape, attention_flops, make_inputs, scan_bytes, timed_callable
+from .timing import PEAK_MEMORY_METHOD, measure_ms, peak_memory_mb
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+MODES = ("fwd", "fwd+bwd")
+
+# Defaults per device; --quick and the axis flags narrow them.
+SWEEPS = {
+    "cpu": dict(seqlens=[128, 256, 512, 1024, 2048], d_head=[64, 128], d_state=[16, 32, 64],
+                dtype=["float32"], tokens=2048, heads=8, warmup_ms=0.0, rep_ms=150.0),
+    "cuda": dict(seqlens=[512, 1024, 2048, 4096, 8192, 16384, 32768], d_head=[64, 128],
+                 d_state=[16, 32, 64], dtype=["bfloat16", "float16"], tokens=16384, heads=8,
+                 warmup_ms=10.0, rep_ms=40.0),
+}
+QUICK = {
+    "cpu": dict(seqlens=[128, 256, 512], d_head=[64], d_state=[16], dtype=["float32"], tokens=512,
+                heads=4, warmup_ms=0.0, rep_ms=40.0, threads=1),
+    "cuda": dict(seqlens=[1024, 4096, 16384], d_head=[128], d_state=[16], dtype=["bfloat16"],
+                 tokens=16384, heads=8, warmup_ms=5.0, rep_ms=25.0),
+}
+
+# HBM bandwidth (bytes/s) by GPU name; the first substring that matches wins.
+GPU_BANDWIDTH = [("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
+                 ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12),
+                 ("L40S", 0.864e12), ("L4", 0.3e12), ("RTX 4090", 1.008e12)]
+
+
+def _ints(text):
+    return [int(x) for x in text.split(",") if x]
+
+
+def _names(text):
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="sisa-bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:i]")
+    p.add_argument("--quick", action="store_true", help="a small sweep (3 seqlens, both modes, all providers)")
+    p.add_argument("--seqlens", type=_ints, help="comma-separated t values")
+    p.add_argument("--d-head", type=_ints, help="comma-separated head dims")
+    p.add_argument("--d-state", type=_ints, help="comma-separated d_state values (even)")
+    p.add_argument("--dtype", type=_names, help="comma-separated: float32/fp32, bfloat16/bf16, float16/fp16")
+    p.add_argument("--providers", type=_names, default=list(PROVIDERS),
+                   help="comma-separated, from: " + ", ".join(PROVIDERS))
+    p.add_argument("--modes", type=_names, default=list(MODES), help="comma-separated: fwd, fwd+bwd")
+    p.add_argument("--tokens", type=int, help="tokens per batch: batch = max(1, tokens // t)")
+    p.add_argument("--heads", type=int, help="query heads (default 8; 4 with --quick on CPU)")
+    p.add_argument("--kv-heads", type=int, help="key/value heads (default: --heads)")
+    p.add_argument("--naive-max-t", type=int, default=1024, help="longest t the naive provider runs at")
+    p.add_argument("--gate-full-t", type=int, default=1024,
+                   help="up to this t the gate checks every query row against sisa.naive")
+    p.add_argument("--decay-bias", type=float, default=-5.0,
+                   help="log_alpha = -softplus(bias + 0.5 N(0,1)); -5 is the paper's init (~0.0076 "
+                        "nats/token: the paper's clamp breaks past ~2900 tokens)")
+    p.add_argument("--warmup-ms", type=float, help="warm-up time per measurement (GPU default 10, CPU one call)")
+    p.add_argument("--rep-ms", type=float, help="timed repetitions fill this long (at least 3 on a CPU)")
+    p.add_argument("--budget-s", type=float, help="stop timing after this many seconds; the rest are 'skipped'")
+    p.add_argument("--no-plot", action="store_true", help="skip results.png")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default torch's; 1 with --quick on CPU, which keeps a "
+                        "shared machine's timings sane)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<machine>-<date>/)")
+    args = p.parse_args(argv)
+
+    args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else torch.device(args.device)
+    defaults = (QUICK if args.quick else SWEEPS)["cuda" if args.device.type == "cuda" else "cpu"]
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.kv_heads = args.kv_heads or args.heads
+    unknown = [x for x in args.providers if x not in PROVIDERS] + [x for x in args.modes if x not in MODES] \
+        + [x for x in args.dtype if x not in DTYPES]
+    if unknown:
+        p.error(f"unknown provider/mode/dtype: {', '.join(unknown)}")
+    if args.heads % args.kv_heads:
+        p.error("--heads must be a multiple of --kv-heads")
+    if any(n % 2 for n in args.d_state):
+        p.error("--d-state values must be even")
+    args.dtype = [str(DTYPES[x]).removeprefix("torch.") for x in args.dtype]
+    return args
+
+
+def plan(args):
+    """The ordered list of (provider, mode, Shape). Loops, outer first: d_state, d_head,
+    dtype, t, mode, so a --budget-s cut keeps whole curves over t for the first
+    d_state (list the headline value first). plain does not depend on d_state (run
+    with the first one), the scan not on d_head (run with the first one)."""
+    attention = [n for n in args.providers if PROVIDERS[n].kind == "sisa"]
+    scans = [n for n in args.providers if PROVIDERS[n].kind == "scan"]
+    tasks = []
+    for i_n, n in enumerate(args.d_state):
+        for i_d, d in enumerate(args.d_head):
+            for dt in args.dtype:
+                for t in args.seqlens:
+                    b = max(1, args.tokens // t)
+
+                    def shape(d_head, d_state):
+                        return Shape(b, t, args.heads, args.kv_heads, d_head, d_state, DTYPES[dt])
+                    for mode in args.modes:
+                        if i_n == 0 and "plain" in args.providers:
+                            tasks.append(("plain", mode, shape(d, None)))
+                        tasks += [(name, mode, shape(d, n)) for name in attention]
+                        if i_d == 0:
+                            tasks += [(name, mode, shape(None, n)) for name in scans]
+    return tasks
+
+
+def _seed(args, shape):
+    return args.seed + 7 * shape.seqlen + 131 * (shape.d_head or 0) + 977 * (shape.d_state or 0)
+
+
+def empty_row(name, mode, shape, **fields):
+    """A result row with every key present (None where not measured)."""
+    row = dict(provider=name, kind=PROVIDERS[name].kind, impl=None, mode=mode, seqlen=shape.seqlen,
+               d_head=shape.d_head, d_state=shape.d_state, dtype=str(shape.dtype).removeprefix("torch."),
+               batch=shape.batch, heads=shape.heads, kv_heads=shape.kv_heads, ms=None, ms_p20=None,
+               ms_p80=None, tflops=None, gbps=None, pct_peak_bw=None, peak_mem_mb=None,
+               ratio_to_plain=None, status=None, reason=None, gate_err=None, gate_tol=None, gate_rows=None)
+    row.update(fields)
+    return row
+
+
+def measure(name, mode, shape, args, bandwidth=None):
+    """One row: support check, an untimed full-shape call, the gate, then timing.
+    Never raises: exceptions (OOM, compile failures, a missing API) become status 'error'."""
+    provider = PROVIDERS[name]
+    row = empty_row(name, mode, shape, impl=provider.impl(args.device, shape.dtype))
+    reason = provider.unsupported(shape, args.device, args.naive_max_t)
+    if reason:
+        row.update(status="unsupported", reason=reason)
+        return row
+    inputs = fn = None
+    try:
+        inputs = make_inputs(provider.kind, shape, args.device, _seed(args, shape), args.decay_bias)
+        fn = timed_callable(provider, inputs, mode)
+        # One untimed call at the full shape before the gate, so that Triton compiles and
+        # autotunes for this shape (its autotune key has t but not batch or heads, and
+        # would otherwise keep the config it picked for the gate's small slice).
+        fn()
+        verdict = gate.check(provider, inputs, mode, full_t=args.gate_full_t, seed=args.seed)
+        row.update(gate_err=verdict.err, gate_tol=verdict.tol, gate_rows=verdict.rows)
+        if not verdict.ok:
+            row.update(status="mismatch", reason=f"{verdict.worst}: rel err {verdict.err:.2e} > tol "
+                                                  f"{verdict.tol:.0e} (float64 judge, rows {verdict.rows})")
+            return row
+        ms, p20, p80 = measure_ms(fn, args.device, args.warmup_ms, args.rep_ms)
+        for x in inputs.values():
+            x.grad = None
+        row.update(ms=ms, ms_p20=p20, ms_p80=p80, peak_mem_mb=peak_memory_mb(fn, args.device), status="ok")
+        if provider.kind == "scan":
+            with torch.no_grad():
+                outs = provider.run(inputs, False)
+            row["gbps"] = scan_bytes(inputs, outs, mode) / (ms * 1e-3) / 1e9
+            if bandwidth:
+                row["pct_peak_bw"] = 100 * row["gbps"] * 1e9 / bandwidth
+        else:
+            row["tflops"] = attention_flops(shape, mode) / (ms * 1e-3) / 1e12
+    except Exception as exc:  # record and go on with the sweep
+        msg = str(exc).strip().splitlines()
+        row.update(status="error", reason=f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300])
+    finally:
+        inputs = fn = None                     # free device memory before the next shape
+        if args.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def fill_ratios(rows):
+    """ratio_to_plain = ms / plain's ms at the same shape, dtype and mode."""
+    key = lambda r: (r["mode"], r["seqlen"], r["d_head"], r["dtype"], r["batch"], r["heads"], r["kv_heads"])
+    plain = {key(r): r["ms"] for r in rows if r["provider"] == "plain" and r["status"] == "ok"}
+    for r in rows:
+        if r["kind"] != "scan" and r["ms"] is not None and key(r) in plain:
+            r["ratio_to_plain"] = r["ms"] / plain[key(r)]
+
+
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device):
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    bandwidth = next((bw for key, bw in GPU_BANDWIDTH if gpu and key in gpu), None)
+    return dict(cpu=_cpu_model(), cpu_threads=torch.get_num_threads(), gpu=gpu,
+                gpu_hbm_tb_s=bandwidth / 1e12 if bandwidth else None, torch=torch.__version__,
+                triton=triton_version, cuda=torch.version.cuda, python=platform.python_version(),
+                date=datetime.date.today().isoformat(),
+                time=datetime.datetime.now().isoformat(timespec="seconds"),
+                peak_mem_method=PEAK_MEMORY_METHOD)
+
+
+def _slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _write_json(path: Path, payload):
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _sweep(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sweep(args) -> int:
+    machine = machine_info(args.device)
+    bandwidth = machine["gpu_hbm_tb_s"] * 1e12 if machine["gpu_hbm_tb_s"] else None
+    out = args.out or Path(__file__).parent / "results" / f"{_slug(machine['gpu'] or machine['cpu'])}-{machine['date']}"
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()}
+    tasks = plan(args)
+    rows, start = [], time.perf_counter()
+    print(f"sisa-bench: {len(tasks)} measurements on {machine['gpu'] or machine['cpu']} -> {out}",
+          file=sys.stderr, flush=True)
+    for i, (name, mode, shape) in enumerate(tasks, 1):
+        elapsed = time.perf_counter() - start
+        if args.budget_s is not None and elapsed > args.budget_s:
+            row = empty_row(name, mode, shape, status="skipped", reason=f"--budget-s {args.budget_s:g} spent")
+        else:
+            row = measure(name, mode, shape, args, bandwidth)
+        rows.append(row)
+        fill_ratios(rows)
+        _write_json(out / "results.json", {"machine": machine, "config": config, "results": rows})
+        print(f"[{i}/{len(tasks)}] {_describe(row)}", file=sys.stderr, flush=True)
+
+    (out / "results.md").write_text(report.to_markdown(machine, rows, config))
+    title = f"SISA microbenchmarks — {machine['gpu'] or machine['cpu']}, torch {machine['torch']}"
+    plotted = not args.no_plot and report.plot(rows, out / "results.png", title)
+    print(report.format_table(rows))
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "mismatch", "unsupported", "error", "skipped")}
+    print(f"\n{len(rows)} rows in {time.perf_counter() - start:.1f} s: "
+          + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+          + f"\nwrote {out / 'results.json'}, results.md" + (", results.png" if plotted else " (no plot: nothing timed)"))
+    return 0
+
+
+def _describe(row):
+    dash = lambda v: "-" if v is None else v
+    shape = f"{row['provider']} {row['mode']} t={row['seqlen']} d={dash(row['d_head'])} " \
+            f"n={dash(row['d_state'])} {row['dtype']} {row['batch']}x{row['heads']}"
+    if row["status"] != "ok":
+        return f"{shape}: {row['status']} ({row['reason']})"
+    rate = f"{row['gbps']:.1f} GB/s" if row["gbps"] is not None else f"{row['tflops']:.3g} TFLOP/s"
+    return f"{shape}: ok {row['ms']:.3f} ms, {rate}, gate err {row['gate_err']:.1e}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
