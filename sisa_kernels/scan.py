@@ -1,0 +1,373 @@
+"""Fused SISA scan: g = g0 + cumsum(log_alpha), Phi = phi0 + cumsum(theta), and
+the rotated projections C_rot = R(Phi) C, B_rot = R(Phi) B, in one pass over t.
+
+Layout of this file, top to bottom: Triton kernels, host launchers, the torch
+custom ops with their fake (meta) versions and autograd, the public ``ssm_scan``.
+``sisa_kernels.scan_ref`` is the same chunked maths in plain PyTorch.
+
+One program owns one (batch, head, block of BLOCK_P angle pairs) and walks t in
+chunks of BLOCK_T: ``tl.cumsum`` inside a chunk plus a carried total; the first
+pair block of each (batch, head) also scans g. The carried state lives in the
+(b, h) and (b, h, n/2) state buffers: they hold g0, phi0 (or zeros) on entry and
+g_last, phi_last on exit (the backward does the same with the gradients). The
+backward walks the chunks in reverse: two reverse cumulative sums (of dg and of
+dPhi) plus the rotation's adjoint; it rebuilds Phi from the final state as
+Phi_t = Phi_last - sum_{s>t} theta_s, so no Phi is stored between the passes.
+State (g, Phi, totals, cos/sin) is float32, or float64 for float64 inputs.
+"""
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ----------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------
+
+@triton.jit
+def _rotate(x, y, cos, sin):
+    """(x, y) -> (x cos - y sin, x sin + y cos); R^T is _rotate(x, y, cos, -sin)."""
+    return x * cos - y * sin, x * sin + y * cos
+
+
+@triton.jit
+def _program(H, P, BLOCK_P: tl.constexpr):
+    """This program's batch, head, flat (batch, head) index, its pair indices
+    (int64) and their mask."""
+    pid_bh = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return pid_bh // H, pid_bh % H, pid_bh, p.to(tl.int64), p < P
+
+
+@triton.jit
+def _rotate_tile(Z, ZR, in_x, s_n, out_x, mask, cos, sin, ACC: tl.constexpr):
+    """ZR[out] = R(Phi) Z[in] for one (BLOCK_T, BLOCK_P) tile of pairs."""
+    x = tl.load(Z + in_x, mask=mask, other=0.0).to(ACC)
+    y = tl.load(Z + in_x + s_n, mask=mask, other=0.0).to(ACC)
+    ox, oy = _rotate(x, y, cos, sin)
+    tl.store(ZR + out_x, ox.to(ZR.dtype.element_ty), mask=mask)
+    tl.store(ZR + out_x + 1, oy.to(ZR.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotate_tile_bwd(Z, DZR, DZ, in_x, s_n, out_x, mask, cos, sin, ACC: tl.constexpr):
+    """DZ[out] = R(Phi)^T DZR[out]; returns this tile's dPhi = gy*ox - gx*oy."""
+    ox, oy = _rotate(tl.load(Z + in_x, mask=mask, other=0.0).to(ACC),
+                     tl.load(Z + in_x + s_n, mask=mask, other=0.0).to(ACC), cos, sin)
+    gx = tl.load(DZR + out_x, mask=mask, other=0.0).to(ACC)
+    gy = tl.load(DZR + out_x + 1, mask=mask, other=0.0).to(ACC)
+    dx, dy = _rotate(gx, gy, cos, -sin)
+    tl.store(DZ + out_x, dx.to(DZ.dtype.element_ty), mask=mask)
+    tl.store(DZ + out_x + 1, dy.to(DZ.dtype.element_ty), mask=mask)
+    return gy * ox - gx * oy
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    C, B, LA, TH,                                 # inputs
+    CR, BR, G,                                    # outputs (contiguous)
+    G_STATE, PHI_STATE,                           # in: g0, phi0; out: g_last, phi_last
+    T, H, P,                                      # P = n / 2 angle pairs
+    s_cb, s_ct, s_ch, s_cn,                       # strides of C and of B (equal)
+    s_lb, s_lt, s_lh,                             # strides of log_alpha
+    s_tb, s_tt, s_th, s_tp,                       # strides of theta
+    ACC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    i_b, i_h, pid_bh, p, mask_p = _program(H, P, BLOCK_P)
+    dt = tl.arange(0, BLOCK_T)
+
+    # g: one scalar per step, done by the first pair block only.
+    if tl.program_id(0) == 0:
+        g_carry = tl.load(G_STATE + pid_bh).to(ACC)
+        for t0 in range(0, T, BLOCK_T):
+            rows = (t0 + dt).to(tl.int64)
+            mask_t = rows < T
+            la = tl.load(LA + i_b * s_lb + rows * s_lt + i_h * s_lh, mask=mask_t, other=0.0)
+            g = tl.cumsum(la.to(ACC), 0) + g_carry
+            tl.store(G + (i_b * T + rows) * H + i_h, g, mask=mask_t)
+            last = tl.minimum(T - t0, BLOCK_T) - 1
+            g_carry = tl.sum(tl.where(dt == last, g, 0.0), 0)   # exactly g at the chunk's last row
+        tl.store(G_STATE + pid_bh, g_carry)
+
+    # Phi and the rotation, BLOCK_P pairs wide.
+    phi_carry = tl.load(PHI_STATE + pid_bh * P + p, mask=mask_p, other=0.0).to(ACC)
+    c_base = C + i_b * s_cb + i_h * s_ch
+    b_base = B + i_b * s_cb + i_h * s_ch
+    for t0 in range(0, T, BLOCK_T):
+        rows = (t0 + dt).to(tl.int64)
+        mask = (rows < T)[:, None] & mask_p[None, :]
+        th = tl.load(TH + i_b * s_tb + rows[:, None] * s_tt + i_h * s_th + p[None, :] * s_tp,
+                     mask=mask, other=0.0)
+        phi = tl.cumsum(th.to(ACC), 0) + phi_carry[None, :]
+        last = tl.minimum(T - t0, BLOCK_T) - 1
+        phi_carry = tl.sum(tl.where(dt[:, None] == last, phi, 0.0), 0)
+        cos, sin = tl.cos(phi), tl.sin(phi)
+
+        in_x = rows[:, None] * s_ct + (2 * p)[None, :] * s_cn      # x = z[2m]; y = z[2m+1]
+        out_x = ((i_b * T + rows[:, None]) * H + i_h) * (2 * P) + (2 * p)[None, :]
+        _rotate_tile(c_base, CR, in_x, s_cn, out_x, mask, cos, sin, ACC)
+        _rotate_tile(b_base, BR, in_x, s_cn, out_x, mask, cos, sin, ACC)
+    tl.store(PHI_STATE + pid_bh * P + p, phi_carry, mask=mask_p)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    C, B, TH, PHI_LAST,                           # saved forward inputs / output
+    DCR, DBR, DG,                                 # incoming grads (contiguous)
+    DC, DB, DLA, DTH,                             # outputs (contiguous)
+    DG_STATE, DPHI_STATE,                         # in: d g_last, d phi_last; out: dg0, dphi0
+    T, H, P,
+    s_cb, s_ct, s_ch, s_cn,                       # strides of C and of B (equal)
+    s_tb, s_tt, s_th, s_tp,                       # strides of theta
+    HAS_DCR: tl.constexpr, HAS_DBR: tl.constexpr, HAS_DG: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    i_b, i_h, pid_bh, p, mask_p = _program(H, P, BLOCK_P)
+    dt = tl.arange(0, BLOCK_T)
+    n_chunks = tl.cdiv(T, BLOCK_T)
+
+    # dlog_alpha = reverse_cumsum(dg), with d g_last added at the last step; dg0 = the total.
+    if tl.program_id(0) == 0:
+        dg_carry = tl.load(DG_STATE + pid_bh).to(ACC)
+        for k in range(0, n_chunks):
+            rows = ((n_chunks - 1 - k) * BLOCK_T + dt).to(tl.int64)
+            mask_t = rows < T
+            if HAS_DG:
+                dg = tl.load(DG + (i_b * T + rows) * H + i_h, mask=mask_t, other=0.0).to(ACC)
+            else:
+                dg = tl.zeros([BLOCK_T], dtype=ACC)
+            dla = tl.cumsum(dg, 0, reverse=True) + dg_carry
+            tl.store(DLA + (i_b * T + rows) * H + i_h, dla, mask=mask_t)
+            dg_carry += tl.sum(dg, 0)
+        tl.store(DG_STATE + pid_bh, dg_carry)
+
+    # dtheta = reverse_cumsum(dPhi), dPhi = sum over C and B of gy*ox - gx*oy; dz = R^T dz_rot.
+    phi_end = tl.load(PHI_LAST + pid_bh * P + p, mask=mask_p, other=0.0).to(ACC)
+    dphi_carry = tl.load(DPHI_STATE + pid_bh * P + p, mask=mask_p, other=0.0).to(ACC)
+    c_base = C + i_b * s_cb + i_h * s_ch
+    b_base = B + i_b * s_cb + i_h * s_ch
+    for k in range(0, n_chunks):
+        rows = ((n_chunks - 1 - k) * BLOCK_T + dt).to(tl.int64)
+        mask = (rows < T)[:, None] & mask_p[None, :]
+        th = tl.load(TH + i_b * s_tb + rows[:, None] * s_tt + i_h * s_th + p[None, :] * s_tp,
+                     mask=mask, other=0.0).to(ACC)
+        # phi_end is Phi at this chunk's last valid row; masked rows carry theta = 0.
+        phi = phi_end[None, :] - (tl.cumsum(th, 0, reverse=True) - th)
+        phi_end -= tl.sum(th, 0)
+        cos, sin = tl.cos(phi), tl.sin(phi)
+
+        in_x = rows[:, None] * s_ct + (2 * p)[None, :] * s_cn
+        out_x = ((i_b * T + rows[:, None]) * H + i_h) * (2 * P) + (2 * p)[None, :]
+        dphi = tl.zeros([BLOCK_T, BLOCK_P], dtype=ACC)
+        if HAS_DCR:
+            dphi += _rotate_tile_bwd(c_base, DCR, DC, in_x, s_cn, out_x, mask, cos, sin, ACC)
+        if HAS_DBR:
+            dphi += _rotate_tile_bwd(b_base, DBR, DB, in_x, s_cn, out_x, mask, cos, sin, ACC)
+        dth = tl.cumsum(dphi, 0, reverse=True) + dphi_carry[None, :]
+        dt_off = ((i_b * T + rows[:, None]) * H + i_h) * P + p[None, :]
+        tl.store(DTH + dt_off, dth.to(DTH.dtype.element_ty), mask=mask)
+        dphi_carry += tl.sum(dphi, 0)
+    tl.store(DPHI_STATE + pid_bh * P + p, dphi_carry, mask=mask_p)
+
+
+# ----------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _block_sizes(n_pairs: int, n_bh: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_P, num_warps). Interpreter: small fixed chunks. CUDA: narrow
+    the pair block until there are ~4 programs per SM (the loop over t is serial),
+    then size BLOCK_T for a ~2K-element tile."""
+    block_p = min(triton.next_power_of_2(n_pairs), 32)
+    if _INTERPRET or device.type != "cuda":
+        return 64, block_p, 4
+    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    while block_p > 2 and n_bh * triton.cdiv(n_pairs, block_p) < target:
+        block_p //= 2
+    block_t = max(16, min(256, 2048 // block_p))
+    return block_t, block_p, 4 if block_t * block_p >= 2048 else 2
+
+
+def _store_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype the kernels write. Triton's interpreter casts float32 -> bfloat16 by
+    truncation (compiled code rounds to nearest even), so under the interpreter
+    bfloat16 results are written as float32 and rounded by PyTorch."""
+    return torch.float32 if _INTERPRET and dtype == torch.bfloat16 else dtype
+
+
+def _same_strides(C: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels take one stride set for C and B: copy both once if they differ."""
+    if C.stride() != B.stride():
+        return C.contiguous(), B.contiguous()
+    return C, B
+
+
+def _scan_fwd(C, B, log_alpha, theta, g0, phi0):
+    b, t, h, n = C.shape
+    P, sd, dev = n // 2, _state_dtype(C.dtype), C.device
+    C_rot = torch.empty(C.shape, dtype=_store_dtype(C.dtype), device=dev)
+    B_rot = torch.empty(B.shape, dtype=_store_dtype(B.dtype), device=dev)
+    g = torch.empty(b, t, h, dtype=sd, device=dev)
+    g_last = torch.zeros(b, h, dtype=sd, device=dev) if g0 is None else g0.to(sd, copy=True)
+    phi_last = torch.zeros(b, h, P, dtype=sd, device=dev) if phi0 is None else phi0.to(sd, copy=True)
+    if t > 0 and b * h > 0:
+        C, B = _same_strides(C, B)
+        block_t, block_p, warps = _block_sizes(P, b * h, dev)
+        _scan_fwd_kernel[(triton.cdiv(P, block_p), b * h)](
+            C, B, log_alpha, theta, C_rot, B_rot, g, g_last, phi_last,
+            t, h, P, *C.stride(), *log_alpha.stride(), *theta.stride(), ACC=_TL_ACC[sd],
+            BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
+        )
+    return C_rot.to(C.dtype), B_rot.to(B.dtype), g, g_last, phi_last
+
+
+def _scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last):
+    """Returns dC, dB (their inputs' dtypes), dtheta (theta's dtype), and
+    dlog_alpha (b, t, h), dg0 (b, h), dphi0 (b, h, n/2) in the state dtype."""
+    b, t, h, n = C.shape
+    P, sd, dev = n // 2, _state_dtype(C.dtype), C.device
+    runs = t > 0 and b * h > 0
+    new = lambda written: torch.empty if runs and written else torch.zeros  # noqa: E731
+    dC = new(dC_rot is not None)(C.shape, dtype=_store_dtype(C.dtype), device=dev)
+    dB = new(dB_rot is not None)(B.shape, dtype=_store_dtype(B.dtype), device=dev)
+    dth = new(True)(theta.shape, dtype=_store_dtype(theta.dtype), device=dev)
+    dla = new(True)(b, t, h, dtype=sd, device=dev)
+    dg0 = torch.zeros(b, h, dtype=sd, device=dev) if dg_last is None else dg_last.to(sd, copy=True)
+    dphi0 = (torch.zeros(b, h, P, dtype=sd, device=dev) if dphi_last is None
+             else dphi_last.to(sd, copy=True))
+    if runs:
+        C, B = _same_strides(C, B)
+        dC_rot, dB_rot, dg = (x.contiguous() if x is not None else None for x in (dC_rot, dB_rot, dg))
+        block_t, block_p, warps = _block_sizes(P, b * h, dev)
+        _scan_bwd_kernel[(triton.cdiv(P, block_p), b * h)](
+            C, B, theta, phi_last, dC_rot, dB_rot, dg, dC, dB, dla, dth, dg0, dphi0,
+            t, h, P, *C.stride(), *theta.stride(),
+            HAS_DCR=dC_rot is not None, HAS_DBR=dB_rot is not None, HAS_DG=dg is not None,
+            ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
+        )
+    return dC.to(C.dtype), dB.to(B.dtype), dla, dth.to(theta.dtype), dg0, dphi0
+
+
+# ----------------------------------------------------------------------------
+# Custom ops (traceable by torch.compile) and autograd
+# ----------------------------------------------------------------------------
+
+@torch.library.custom_op("sisa_kernels::scan_fwd", mutates_args=())
+def scan_fwd(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: torch.Tensor,
+             g0: Optional[torch.Tensor], phi0: Optional[torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _scan_fwd(C, B, log_alpha, theta, g0, phi0)
+
+
+@scan_fwd.register_fake
+def _(C, B, log_alpha, theta, g0, phi0):
+    b, t, h, n = C.shape
+    sd = _state_dtype(C.dtype)
+    return (torch.empty_like(C, memory_format=torch.contiguous_format),
+            torch.empty_like(B, memory_format=torch.contiguous_format),
+            C.new_empty(b, t, h, dtype=sd), C.new_empty(b, h, dtype=sd),
+            C.new_empty(b, h, n // 2, dtype=sd))
+
+
+@torch.library.custom_op("sisa_kernels::scan_bwd", mutates_args=())
+def scan_bwd(C: torch.Tensor, B: torch.Tensor, theta: torch.Tensor, phi_last: torch.Tensor,
+             dC_rot: Optional[torch.Tensor], dB_rot: Optional[torch.Tensor],
+             dg: Optional[torch.Tensor], dg_last: Optional[torch.Tensor],
+             dphi_last: Optional[torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                        torch.Tensor]:
+    return _scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last)
+
+
+@scan_bwd.register_fake
+def _(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last):
+    b, t, h, n = C.shape
+    sd = _state_dtype(C.dtype)
+    return (torch.empty_like(C, memory_format=torch.contiguous_format),
+            torch.empty_like(B, memory_format=torch.contiguous_format),
+            C.new_empty(b, t, h, dtype=sd),
+            torch.empty_like(theta, memory_format=torch.contiguous_format),
+            C.new_empty(b, h, dtype=sd), C.new_empty(b, h, n // 2, dtype=sd))
+
+
+def _setup_context(ctx, inputs, output):
+    C, B, log_alpha, theta, g0, phi0 = inputs
+    ctx.save_for_backward(C, B, theta, output[4])
+    ctx.la_dtype = log_alpha.dtype
+    ctx.g0_dtype = g0.dtype if g0 is not None else None
+    ctx.phi0_dtype = phi0.dtype if phi0 is not None else None
+
+
+def _backward(ctx, dC_rot, dB_rot, dg, dg_last, dphi_last):
+    C, B, theta, phi_last = ctx.saved_tensors
+    dC, dB, dla, dth, dg0, dphi0 = scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last,
+                                            dphi_last)
+    return (dC, dB, dla.to(ctx.la_dtype), dth,
+            dg0.to(ctx.g0_dtype) if ctx.g0_dtype is not None else None,
+            dphi0.to(ctx.phi0_dtype) if ctx.phi0_dtype is not None else None)
+
+
+scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------
+
+def ssm_scan(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: torch.Tensor,
+             g0: Optional[torch.Tensor] = None, phi0: Optional[torch.Tensor] = None):
+    """SISA's SSM scan, fused, differentiable in every input.
+
+    Args:
+        C, B:      (b, t, h, n)  n = d_state, even; fp32, fp16, bf16 or fp, same dtype.
+        log_alpha: (b, t, h)     per-token log-decay (<= 0 in SISA; not checked).
+        theta:     (b, t, h, n/2) per-token phase increments.
+        g0:        (b, h) or None     initial g (continuing an earlier scan).
+        phi0:      (b, h, n/2) or None initial Phi.
+    Returns:
+        C_rot, B_rot: (b, t, h, n) in C's / B's dtype, contiguous:
+                      R(Phi_t) applied to each interleaved pair (z[2m], z[2m+1]).
+        g:            (b, t, h)      g0 + cumsum_t(log_alpha)
+        g_last:       (b, h)         g[:, -1]; g0 (or zeros) when t == 0
+        phi_last:     (b, h, n/2)    Phi[:, -1]; phi0 (or zeros) when t == 0
+    g, g_last, phi_last are float32 (float64 when C is float64). Inputs may be
+    non-contiguous: the kernels read C, B, log_alpha, theta through their strides
+    (C and B are copied once if their strides differ); g0, phi0 are copied and incoming
+    gradients are made contiguous. Runs on CUDA, or on CPU under TRITON_INTERPRET=1.
+    """
+    for name, x in (("C", C), ("B", B), ("log_alpha", log_alpha), ("theta", theta),
+                    ("g0", g0), ("phi0", phi0)):
+        if x is not None and x.dtype not in _DTYPES:
+            raise TypeError(f"ssm_scan: {name} has unsupported dtype {x.dtype}; "
+                            f"expected one of {_DTYPES}")
+    if C.dim() != 4 or C.shape != B.shape or C.dtype != B.dtype:
+        raise ValueError(f"ssm_scan: C and B must be (b, t, h, n) of one dtype, got "
+                         f"{tuple(C.shape)} {C.dtype} and {tuple(B.shape)} {B.dtype}")
+    b, t, h, n = C.shape
+    if n < 2 or n % 2:
+        raise ValueError(f"ssm_scan: d_state must be even and >= 2, got {n}")
+    expected = {"log_alpha": (log_alpha, (b, t, h)), "theta": (theta, (b, t, h, n // 2)),
+                "g0": (g0, (b, h)), "phi0": (phi0, (b, h, n // 2))}
+    for name, (x, shape) in expected.items():
+        if x is not None and tuple(x.shape) != shape:
+            raise ValueError(f"ssm_scan: {name} must have shape {shape}, got {tuple(x.shape)}")
+        if x is not None and x.device != C.device:
+            raise ValueError(f"ssm_scan: {name} is on {x.device}, C on {C.device}")
+    if C.device.type == "cpu" and not _INTERPRET:
+        raise RuntimeError("ssm_scan: CPU tensors need TRITON_INTERPRET=1 set before import")
+    return scan_fwd(C, B, log_alpha, theta, g0, phi0)
