@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from . import backends
 from .naive import naive_scan, state_dtype
 
 # Largest decay (nats) allowed inside one query chunk. The query factor is at most
@@ -68,29 +69,57 @@ def _widen(parts, width):
     return torch.cat(parts, dim=-1)
 
 
-def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None):
+def _augment_torch(q, k, C_rot, B_rot, g, s, m0, m1, width):
+    """Qhat rows [m0, m1) and Khat rows [0, m1), offset by c = g[m1 - 1], in PyTorch.
+    k already has one head per query head. Returns both heads-first (b, h, ., width)."""
+    c = g[:, m1 - 1 : m1]                                         # (b, 1, h): smallest g of the keys
+    cq = ((torch.exp(g[:, m0:m1] - c)[..., None] * s) * C_rot[:, m0:m1]).to(q.dtype)
+    bk = ((torch.exp(c - g[:, :m1])[..., None] * s) * B_rot[:, :m1]).to(q.dtype)
+    return _widen([q[:, m0:m1], cq], width), _widen([k[:, :m1], bk], width)
+
+
+def _augment_fused(q, k, C_rot, B_rot, g, lam_eff, width):
+    """The single-chunk case with the Triton epilogue: Qhat and Khat of all rows in
+    one fused pass, offset by c = g[t - 1] (k keeps its kv heads)."""
+    augment_qk = backends.kernel("augment").augment_qk
+    qhat, khat = augment_qk(q, k, C_rot, B_rot, g, lam_eff, g[:, -1].contiguous(), width)
+    return _heads_first(qhat), _heads_first(khat)
+
+
+def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augment=None):
     """Exact SISA attention from the scan's outputs with stock SDPA calls.
-    Returns (b, t, h, d) in q's dtype."""
+
+    fused_augment: build Qhat/Khat with the Triton epilogue when the whole sequence
+    is one chunk (default: on CUDA when Triton works, for 16/32-bit inputs).
+    Returns (b, t, h, d) in q's dtype.
+    """
     b, t, h, d = q.shape
     n = C_rot.shape[-1]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     sd = state_dtype(q.dtype)
+    g = g.to(sd)
+    chunks = plan_chunks(g.detach(), DECAY_BUDGET[q.dtype])
+    if fused_augment is None:
+        fused_augment = (q.is_cuda and q.dtype != torch.float64
+                         and backends.triton_unavailable_reason(q.device) is None)
+    fused_augment = fused_augment and len(chunks) == 1
     rep = h // k.shape[2]
-    if rep > 1:  # Khat needs one head per query head (B_rot is per query head).
-        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    if rep > 1:  # one head per query head: B_rot, hence Khat, is per query head
+        v = v.repeat_interleave(rep, dim=2)
+        if not fused_augment:
+            k = k.repeat_interleave(rep, dim=2)
     width = d + n
     if q.is_cuda:
         width = -(-width // 8) * 8                                # flash wants a multiple of 8
     s = torch.sqrt(lam.to(sd) / scale)[:, None]                   # scale * s^2 = lam
-    g = g.to(sd)
+    lam_eff = lam.float() / (scale * math.sqrt(d))                # the epilogue's s is d^(1/4) sqrt(lam)
     vpad = _widen([v], width)
     outs = []
-    for m0, m1 in plan_chunks(g.detach(), DECAY_BUDGET[q.dtype]):
-        c = g[:, m1 - 1 : m1]                                     # (b, 1, h): smallest g of the keys
-        cq = ((torch.exp(g[:, m0:m1] - c)[..., None] * s) * C_rot[:, m0:m1]).to(q.dtype)
-        bk = ((torch.exp(c - g[:, :m1])[..., None] * s) * B_rot[:, :m1]).to(q.dtype)
-        qhat = _widen([q[:, m0:m1], cq], width)
-        khat = _widen([k[:, :m1], bk], width)
+    for m0, m1 in chunks:
+        if fused_augment:
+            qhat, khat = _augment_fused(q, k, C_rot, B_rot, g, lam_eff, width)
+        else:
+            qhat, khat = _augment_torch(q, k, C_rot, B_rot, g, s, m0, m1, width)
         if m0 == 0:
             mask, causal = None, True
         else:
