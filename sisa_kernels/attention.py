@@ -1,0 +1,254 @@
+"""Fused causal SISA attention: the forward kernel and its launcher.
+
+    score[i, j] = scale q_i.k_j + lam exp(g_i - g_j) Cr_i.Br_j      (j <= i)
+    out_i       = softmax_j(score[i, :]) @ v
+
+FlashAttention-2 style: one program per (query block, head, batch), online
+softmax in float32 in base 2 (log2 e folded into the two logit scales).
+
+The decay is taken inside the tile, never factorised over the sequence:
+- key blocks strictly below the diagonal (every key j < m0, the query block's
+  first row) use exp(g_i - g_j) = exp(g_i - g_m0) * exp(g_m0 - g_j), both <= 1:
+  the Cr rows are scaled once per query block (BLOCK_M exps), the Br rows once
+  per key block (BLOCK_N exps), then one (BM x n)(n x BN) product;
+- key blocks on the diagonal use exp(min(g_i - g_j, 0)) per element, with the
+  exponent set to 0 where the causal mask removes the entry (no inf * 0);
+- key blocks above the diagonal are skipped.
+
+Shapes: q (b, t, h, d); k, v (b, t, hk, d); C_rot, B_rot (b, t, h, n);
+g (b, t, h) float32; lam (h,) float32. Output (b, t, h, d) in q's dtype and
+the log-sum-exp lse (b, h, t) float32 (natural log) for the backward.
+Head dims and d_state are padded to powers of two (>= 16) with masked loads.
+16-bit inputs use 16-bit tensor-core products with float32 accumulation; float32
+inputs use three-pass TF32 ("tf32x3", about float32 accuracy) on a GPU.
+Under TRITON_INTERPRET=1 bf16 operands are upcast before tl.dot (the interpreter
+multiplies raw bf16 bit patterns) and fixed square blocks replace the autotuner.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def padded(x: int) -> int:
+    """Tile width for a head dim or d_state: next power of two, at least 16."""
+    return max(16, triton.next_power_of_2(x))
+
+
+def upcast_dot(*dtypes: torch.dtype) -> bool:
+    """The interpreter multiplies raw bf16 bit patterns in tl.dot: upcast there."""
+    return interpreting() and torch.bfloat16 in dtypes
+
+
+def fwd_configs():
+    """Autotune space (GPU): Hopper-sized blocks, BLOCK_M a multiple of BLOCK_N (the
+    diagonal loop needs it). The interpreter skips the autotuner (see ``launch``)."""
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn in ((128, 64), (128, 128), (64, 64), (128, 32))
+        for w in (4, 8)
+        for s in (2, 3)
+    ]
+
+
+def prune_wide(max_area):
+    """Autotune pruner: when head dim + d_state (padded) exceed 192, keep only tiles of
+    at most max_area = block rows x block cols (shared memory and registers)."""
+    def prune(configs, named_args, **kwargs):
+        width = sum(named_args.get(k, kwargs.get(k, 0)) for k in ("D_PAD", "N_PAD"))
+        if width <= 192:
+            return configs
+        area = lambda c: math.prod(v for key, v in c.kwargs.items() if key.startswith("BLOCK"))
+        return [c for c in configs if area(c) <= max_area] or configs[:1]
+    return prune
+
+
+# float32 operands: three-pass TF32 on a GPU (tensor cores, ~float32 accuracy);
+# exact float32 products in the interpreter.
+F32_DOT = tl.constexpr("ieee" if interpreting() else "tf32x3")
+
+
+@triton.jit
+def tile_dot(a, b, UPCAST: tl.constexpr):
+    """tl.dot with float32 accumulation (operands upcast under the interpreter for bf16)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if a.dtype == tl.float32:
+        c = tl.dot(a, b, input_precision=F32_DOT)   # float32 inputs: no plain TF32
+    else:
+        c = tl.dot(a, b)
+    return c
+
+
+@triton.jit
+def load_rows(base, rows, row_ok, s_row, offs_c, col_ok, s_col):
+    """Masked (len(rows), len(offs_c)) tile at base + rows * s_row + offs_c * s_col (0 outside)."""
+    return tl.load(base + rows[:, None] * s_row + offs_c[None, :] * s_col,
+                   mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, n_lo, n_hi,
+                k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
+                offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+                BLOCK_N: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
+    """Online softmax over the key blocks in [n_lo, n_hi), in base 2.
+
+    DIAG False: blocks strictly below the diagonal; cr holds Cr_i exp(g_i - g_m0) and
+    each Br row is scaled by exp(g_m0 - g_j) here (BLOCK_N exps), no mask.
+    DIAG True: cr holds the raw Cr rows; per-element exp(min(g_i - g_j, 0)) under
+    the causal mask, exponent 0 where masked (no inf * 0).
+    """
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        offs_j = n0 + tl.arange(0, BLOCK_N)
+        col_ok = offs_j < T
+        cols = offs_j.to(tl.int64)
+        k = load_rows(k_base, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
+        v = load_rows(v_base, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
+        br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
+        g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
+        if DIAG:
+            keep = (offs_m[:, None] >= offs_j[None, :]) & col_ok[None, :]
+            dec = tl.exp(tl.where(keep, tl.minimum(g_i[:, None] - g_j[None, :], 0.0), 0.0))
+            x = tile_dot(cr, tl.trans(br), UPCAST) * dec
+        else:
+            br_f = (br.to(tl.float32) * tl.exp(tl.minimum(g_m0 - g_j, 0.0))[:, None]).to(br.dtype)
+            x = tile_dot(cr, tl.trans(br_f), UPCAST)
+        s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + x * s_scale
+        if DIAG:
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tile_dot(p.to(v.dtype), v, UPCAST)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _sisa_fwd_kernel(
+    Q, K, V, CR, BR, G, LAM, OUT, LSE,
+    sq_b, sq_t, sq_h, sq_d,
+    sk_b, sk_t, sk_h, sk_d,
+    sv_b, sv_t, sv_h, sv_d,
+    sc_b, sc_t, sc_h, sc_n,
+    sb_b, sb_t, sb_h, sb_n,
+    sg_b, sg_t, sg_h,
+    so_b, so_t, so_h, so_d,
+    H, T, D, N, REP, qk_scale,
+    D_PAD: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)     # longest rows first (causal balance)
+    hi = tl.program_id(1).to(tl.int64)
+    bi = tl.program_id(2).to(tl.int64)
+    hk = hi // REP
+    m0 = pid_m * BLOCK_M
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    offs_s = tl.arange(0, N_PAD)
+    row_ok = offs_m < T
+    d_ok = offs_d < D
+    s_ok = offs_s < N
+    rows = offs_m.to(tl.int64)
+
+    q = load_rows(Q + bi * sq_b + hi * sq_h, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
+    c_base = CR + bi * sc_b + hi * sc_h
+    cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
+    g_base = G + bi * sg_b + hi * sg_h
+    g_i = tl.load(g_base + rows * sg_t, mask=row_ok, other=0.0).to(tl.float32)
+    g_m0 = tl.load(g_base + m0.to(tl.int64) * sg_t).to(tl.float32)
+    lam = tl.load(LAM + hi).to(tl.float32)
+    s_scale = lam * 1.4426950408889634            # lam * log2(e): the SSM logit in base 2
+    c_scale = qk_scale * 1.4426950408889634       # scale * log2(e): the content logit in base 2
+
+    k_base = K + bi * sk_b + hk * sk_h
+    v_base = V + bi * sv_b + hk * sv_h
+    b_base = BR + bi * sb_b + hi * sb_h
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    # Keys j < m0: the query factor exp(g_i - g_m0) <= 1 goes on the Cr rows once.
+    cr_f = (cr.to(tl.float32) * tl.exp(tl.minimum(g_i - g_m0, 0.0))[:, None]).to(cr.dtype)
+    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr_f, g_i, g_m0, offs_m, 0, m0,
+                                k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
+                                offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+                                BLOCK_N, False, UPCAST)
+    # Diagonal blocks on the raw Cr rows (loaded again: one Cr tile live per phase).
+    cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
+    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, m0, tl.minimum(m0 + BLOCK_M, T),
+                                k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
+                                offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+                                BLOCK_N, True, UPCAST)
+
+    out = acc / l_i[:, None]
+    tl.store(OUT + bi * so_b + hi * so_h + rows[:, None] * so_t + offs_d[None, :] * so_d,
+             out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
+    tl.store(LSE + (bi * H + hi) * T + rows, lse, mask=row_ok)
+
+
+_sisa_fwd_tuned = triton.autotune(
+    configs=fwd_configs(), key=["T", "D_PAD", "N_PAD", "REP"],
+    prune_configs_by={"early_config_prune": prune_wide(128 * 64)})(_sisa_fwd_kernel)
+
+
+def check_inputs(q, k, v, C_rot, B_rot, g, lam):
+    b, t, h, d = q.shape
+    hk = k.shape[2]
+    assert k.shape == v.shape == (b, t, hk, d) and h % hk == 0, "k, v: (b, t, hk, d), hk divides h"
+    assert C_rot.shape == B_rot.shape and C_rot.shape[:3] == (b, t, h), "C_rot, B_rot: (b, t, h, n)"
+    assert g.shape == (b, t, h) and lam.shape == (h,), "g: (b, t, h), lam: (h,)"
+    assert q.dtype == k.dtype == v.dtype and C_rot.dtype == B_rot.dtype, "dtype mismatch"
+
+
+def launch(tuned, kernel, grid, args, consts, config, t, block_names):
+    """Run the autotuned kernel, or the plain one with an explicit config dict
+    (block sizes plus optional num_warps / num_stages), e.g. for tests. The
+    interpreter gets square blocks without autotuning: 16 for short sequences
+    (fast tests), 64 beyond 128 tokens (fewer, larger numpy steps)."""
+    if config is None and interpreting():
+        blk = 16 if t <= 128 else 64
+        config = dict.fromkeys(block_names, blk)
+    if config is None:
+        tuned[grid](*args, **consts)
+    else:
+        kernel[grid](*args, **consts, **config)
+
+
+def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None):
+    """Launch the forward kernel. Shapes in the module docstring.
+
+    config: optional {"BLOCK_M": .., "BLOCK_N": ..} (BLOCK_M a multiple of BLOCK_N)
+    bypassing the autotuner. Returns (out (b, t, h, d) in q's dtype, lse (b, h, t) float32).
+    """
+    check_inputs(q, k, v, C_rot, B_rot, g, lam)
+    b, t, h, d = q.shape
+    hk = k.shape[2]
+    n = C_rot.shape[-1]
+    if config is not None:
+        assert config["BLOCK_M"] % config["BLOCK_N"] == 0
+    out = torch.empty((b, t, h, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
+    if t == 0 or b * h == 0:
+        return out, lse
+    lam = lam.to(torch.float32)
+    grid = lambda meta: (triton.cdiv(t, meta["BLOCK_M"]), h, b)
+    args = (q, k, v, C_rot, B_rot, g, lam, out, lse,
+            *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
+            *out.stride(), h, t, d, n, h // hk, float(softmax_scale))
+    consts = dict(D_PAD=padded(d), N_PAD=padded(n), UPCAST=upcast_dot(q.dtype, C_rot.dtype))
+    launch(_sisa_fwd_tuned, _sisa_fwd_kernel, grid, args, consts, config, t, ("BLOCK_M", "BLOCK_N"))
+    return out, lse

@@ -1,0 +1,364 @@
+"""Fused causal SISA attention: the backward kernels and their launcher.
+
+Deterministic (no atomics), FlashAttention-2 style, memory O(t) (no t x t buffer).
+With P = softmax(S), dP = dO V^T, delta_i = dO_i.O_i, dS = P * (dP - delta),
+D_ij = exp(g_i - g_j) and the raw SSM product X = D * (Cr Br^T):
+    dq = scale dS k        dk = scale dS^T q        dv = P^T dO
+    dCr = lam (dS * D) Br  dBr = lam (dS * D)^T Cr
+    G = dS * X (so F = lam G):   dlam = sum G,   dg_t = lam (sum_j G[t, j] - sum_i G[i, t])
+
+Kernels:
+- ``_sisa_bwd_delta_kernel``: delta = rowsum(dO * O), float32 (b, h, t).
+- ``_sisa_bwd_dkv_kernel``: one program per (key block, q-head, batch), looping
+  over the query blocks at and below it: dk, dv (per q-head; GQA groups are summed
+  afterwards with torch), dBr and the column sums of G.
+- ``_sisa_bwd_dq_kernel``: one program per (query block, head, batch), looping
+  over the key blocks at and left of it: dq, dCr and the row sums of G.
+Both kernels recompute P from the forward's lse. Off-diagonal tiles use the
+factorised decay with an anchor between the key block and the query block
+(both factors <= 1); diagonal tiles use exp(min(g_i - g_j, 0)) per element.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .attention import interpreting, launch, load_rows, padded, prune_wide, tile_dot, upcast_dot
+
+
+def bwd_configs():
+    """Autotune space (GPU): BLOCK_OUT (the program's own block) is a multiple of
+    BLOCK_IN (the loop's block)."""
+    return [
+        triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi}, num_warps=w, num_stages=s)
+        for bo, bi in ((128, 32), (64, 32), (128, 64), (64, 64))
+        for w in (4, 8)
+        for s in (2, 3)
+    ]
+
+
+@triton.jit
+def _sisa_bwd_delta_kernel(O, DO, DELTA, so_b, so_t, so_h, so_d, sdo_b, sdo_t, sdo_h, sdo_d,
+                           H, T, D, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    hi = tl.program_id(1).to(tl.int64)
+    bi = tl.program_id(2).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, D_PAD)
+    row_ok = offs_m < T
+    d_ok = offs_d < D
+    rows = offs_m.to(tl.int64)
+    o = load_rows(O + bi * so_b + hi * so_h, rows, row_ok, so_t, offs_d, d_ok, so_d)
+    do = load_rows(DO + bi * sdo_b + hi * sdo_h, rows, row_ok, sdo_t, offs_d, d_ok, sdo_d)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + (bi * H + hi) * T + rows, delta, mask=row_ok)
+
+
+@triton.jit
+def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo, m_hi,
+                q_base, do_base, c_base, g_base, LSE, DELTA, row_base,
+                sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t,
+                offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+                BLOCK_IN: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
+    """Accumulate over the query blocks in [m_lo, m_hi) for a fixed key block, in the
+    transposed (keys x queries) orientation.
+
+    DIAG False: queries i > g_a's index >= every key; br holds Br_j exp(g_a - g_j), each
+    Cr row is scaled by exp(g_i - g_a) here, and acc_db gets dS^T (Cr_i exp(g_i - g_a)).
+    DIAG True: br holds the raw Br rows; per-element decay under the causal mask, and
+    acc_db gets (dS * D)^T Cr.
+    """
+    for m0 in range(m_lo, m_hi, BLOCK_IN):
+        offs_i = m0 + tl.arange(0, BLOCK_IN)
+        row_ok = offs_i < T
+        rows = offs_i.to(tl.int64)
+        q = load_rows(q_base, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
+        do = load_rows(do_base, rows, row_ok, sdo_t, offs_d, d_ok, sdo_d)
+        cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
+        g_i = tl.load(g_base + rows * sg_t, mask=row_ok, other=0.0).to(tl.float32)
+        lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+        if DIAG:
+            keep = (offs_i[None, :] >= offs_n[:, None]) & row_ok[None, :]
+            dec = tl.exp(tl.where(keep, tl.minimum(g_i[None, :] - g_j[:, None], 0.0), 0.0))
+            x_t = tile_dot(br, tl.trans(cr), UPCAST) * dec             # X^T (keys x queries)
+        else:
+            keep = row_ok[None, :]
+            cr = (cr.to(tl.float32) * tl.exp(tl.minimum(g_i - g_a, 0.0))[:, None]).to(cr.dtype)
+            x_t = tile_dot(br, tl.trans(cr), UPCAST)
+        s_t = tile_dot(k, tl.trans(q), UPCAST) * c_scale + x_t * s_scale
+        p_t = tl.where(keep, tl.exp2(s_t - lse[None, :]), 0.0)
+        acc_dv += tile_dot(p_t.to(do.dtype), do, UPCAST)
+        dp_t = tile_dot(v, tl.trans(do), UPCAST)
+        ds_t = p_t * (dp_t - delta[None, :])
+        acc_dk += tile_dot(ds_t.to(q.dtype), q, UPCAST)
+        if DIAG:
+            acc_db += tile_dot((ds_t * dec).to(cr.dtype), cr, UPCAST)
+        else:
+            acc_db += tile_dot(ds_t.to(cr.dtype), cr, UPCAST)
+        col_g += tl.sum(ds_t * x_t, 1)
+    return acc_dk, acc_dv, acc_db, col_g
+
+
+@triton.jit
+def _sisa_bwd_dkv_kernel(
+    Q, K, V, CR, BR, G, LAM, DO, LSE, DELTA, DK, DV, DBR, COLG,
+    sq_b, sq_t, sq_h, sq_d,
+    sk_b, sk_t, sk_h, sk_d,
+    sv_b, sv_t, sv_h, sv_d,
+    sc_b, sc_t, sc_h, sc_n,
+    sb_b, sb_t, sb_h, sb_n,
+    sg_b, sg_t, sg_h,
+    sdo_b, sdo_t, sdo_h, sdo_d,
+    sdk_b, sdk_t, sdk_h, sdk_d,
+    sdb_b, sdb_t, sdb_h, sdb_n,
+    H, T, D, N, REP, qk_scale,
+    D_PAD: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Keys j in [n0, n0 + BLOCK_OUT) fixed; loop over query blocks of BLOCK_IN rows."""
+    hi = tl.program_id(1).to(tl.int64)
+    bi = tl.program_id(2).to(tl.int64)
+    hk = hi // REP
+    n0 = tl.program_id(0) * BLOCK_OUT
+
+    offs_n = n0 + tl.arange(0, BLOCK_OUT)
+    offs_d = tl.arange(0, D_PAD)
+    offs_s = tl.arange(0, N_PAD)
+    col_ok = offs_n < T
+    d_ok = offs_d < D
+    s_ok = offs_s < N
+    cols = offs_n.to(tl.int64)
+
+    k = load_rows(K + bi * sk_b + hk * sk_h, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
+    v = load_rows(V + bi * sv_b + hk * sv_h, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
+    b_base = BR + bi * sb_b + hi * sb_h
+    br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
+    g_base = G + bi * sg_b + hi * sg_h
+    g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
+    lam = tl.load(LAM + hi).to(tl.float32)
+    s_scale = lam * 1.4426950408889634
+    c_scale = qk_scale * 1.4426950408889634
+    q_base = Q + bi * sq_b + hi * sq_h
+    do_base = DO + bi * sdo_b + hi * sdo_h
+    c_base = CR + bi * sc_b + hi * sc_h
+    row_base = (bi * H + hi) * T
+
+    acc_dk = tl.zeros([BLOCK_OUT, D_PAD], dtype=tl.float32)
+    acc_dv = tl.zeros([BLOCK_OUT, D_PAD], dtype=tl.float32)
+    acc_db = tl.zeros([BLOCK_OUT, N_PAD], dtype=tl.float32)         # dBr / lam
+    col_g = tl.zeros([BLOCK_OUT], dtype=tl.float32)
+
+    # Query blocks below the key block: anchor a = the block's last key (<= every
+    # query, >= every key); the key factor exp(g_a - g_j) <= 1 goes on the Br rows once.
+    a = tl.minimum(n0 + BLOCK_OUT - 1, T - 1)
+    g_a = tl.load(g_base + a.to(tl.int64) * sg_t).to(tl.float32)
+    key_f = tl.exp(tl.minimum(g_a - g_j, 0.0))
+    br_f = (br.to(tl.float32) * key_f[:, None]).to(br.dtype)
+    acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
+        acc_dk, acc_dv, acc_db, col_g, k, v, br_f, g_j, g_a, offs_n, n0 + BLOCK_OUT, T,
+        q_base, do_base, c_base, g_base, LSE, DELTA, row_base,
+        sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+        BLOCK_IN, False, UPCAST)
+    # From here on acc_db takes dS * D directly: give the off-diagonal part its key factor.
+    # The raw Br rows are loaded again (one Br tile live per phase).
+    acc_db = acc_db * key_f[:, None]
+    br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
+    acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
+        acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, n0, tl.minimum(n0 + BLOCK_OUT, T),
+        q_base, do_base, c_base, g_base, LSE, DELTA, row_base,
+        sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+        BLOCK_IN, True, UPCAST)
+
+    kv_mask = col_ok[:, None] & d_ok[None, :]
+    dk_off = bi * sdk_b + hi * sdk_h + cols[:, None] * sdk_t + offs_d[None, :] * sdk_d
+    tl.store(DK + dk_off, (acc_dk * qk_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + dk_off, acc_dv.to(DV.dtype.element_ty), mask=kv_mask)
+    tl.store(DBR + bi * sdb_b + hi * sdb_h + cols[:, None] * sdb_t + offs_s[None, :] * sdb_n,
+             (lam * acc_db).to(DBR.dtype.element_ty), mask=col_ok[:, None] & s_ok[None, :])
+    tl.store(COLG + row_base + cols, col_g, mask=col_ok)
+
+
+@triton.jit
+def _dq_blocks(acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, n_lo, n_hi,
+               k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
+               offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+               BLOCK_IN: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
+    """Accumulate over the key blocks in [n_lo, n_hi) for a fixed query block.
+
+    DIAG False: keys j < m0; cr holds Cr_i exp(g_i - g_m0), each Br row is scaled by
+    exp(g_m0 - g_j) here, and acc_dc gets dS (Br_j exp(g_m0 - g_j)).
+    DIAG True: cr holds the raw Cr rows; per-element decay under the causal mask, and
+    acc_dc gets (dS * D) Br.
+    """
+    for n0 in range(n_lo, n_hi, BLOCK_IN):
+        offs_j = n0 + tl.arange(0, BLOCK_IN)
+        col_ok = offs_j < T
+        cols = offs_j.to(tl.int64)
+        k = load_rows(k_base, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
+        v = load_rows(v_base, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
+        br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
+        g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
+        if DIAG:
+            keep = (offs_m[:, None] >= offs_j[None, :]) & col_ok[None, :] & (offs_m < T)[:, None]
+            dec = tl.exp(tl.where(keep, tl.minimum(g_i[:, None] - g_j[None, :], 0.0), 0.0))
+            x = tile_dot(cr, tl.trans(br), UPCAST) * dec
+        else:
+            br = (br.to(tl.float32) * tl.exp(tl.minimum(g_m0 - g_j, 0.0))[:, None]).to(br.dtype)
+            x = tile_dot(cr, tl.trans(br), UPCAST)
+        s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + x * s_scale
+        p = tl.exp2(s - lse[:, None])
+        if DIAG:
+            p = tl.where(keep, p, 0.0)
+        dp = tile_dot(do, tl.trans(v), UPCAST)
+        ds = p * (dp - delta[:, None])
+        acc_dq += tile_dot(ds.to(k.dtype), k, UPCAST)
+        if DIAG:
+            acc_dc += tile_dot((ds * dec).to(br.dtype), br, UPCAST)
+        else:
+            acc_dc += tile_dot(ds.to(br.dtype), br, UPCAST)
+        row_g += tl.sum(ds * x, 1)
+    return acc_dq, acc_dc, row_g
+
+
+@triton.jit
+def _sisa_bwd_dq_kernel(
+    Q, K, V, CR, BR, G, LAM, DO, LSE, DELTA, DQ, DCR, ROWG,
+    sq_b, sq_t, sq_h, sq_d,
+    sk_b, sk_t, sk_h, sk_d,
+    sv_b, sv_t, sv_h, sv_d,
+    sc_b, sc_t, sc_h, sc_n,
+    sb_b, sb_t, sb_h, sb_n,
+    sg_b, sg_t, sg_h,
+    sdo_b, sdo_t, sdo_h, sdo_d,
+    sdq_b, sdq_t, sdq_h, sdq_d,
+    sdc_b, sdc_t, sdc_h, sdc_n,
+    H, T, D, N, REP, qk_scale,
+    D_PAD: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Queries i in [m0, m0 + BLOCK_OUT) fixed; loop over key blocks of BLOCK_IN columns."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)     # longest rows first (causal balance)
+    hi = tl.program_id(1).to(tl.int64)
+    bi = tl.program_id(2).to(tl.int64)
+    hk = hi // REP
+    m0 = pid_m * BLOCK_OUT
+
+    offs_m = m0 + tl.arange(0, BLOCK_OUT)
+    offs_d = tl.arange(0, D_PAD)
+    offs_s = tl.arange(0, N_PAD)
+    row_ok = offs_m < T
+    d_ok = offs_d < D
+    s_ok = offs_s < N
+    rows = offs_m.to(tl.int64)
+    row_base = (bi * H + hi) * T
+
+    q = load_rows(Q + bi * sq_b + hi * sq_h, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
+    do = load_rows(DO + bi * sdo_b + hi * sdo_h, rows, row_ok, sdo_t, offs_d, d_ok, sdo_d)
+    c_base = CR + bi * sc_b + hi * sc_h
+    cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
+    g_base = G + bi * sg_b + hi * sg_h
+    g_i = tl.load(g_base + rows * sg_t, mask=row_ok, other=0.0).to(tl.float32)
+    g_m0 = tl.load(g_base + m0.to(tl.int64) * sg_t).to(tl.float32)
+    lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+    lam = tl.load(LAM + hi).to(tl.float32)
+    s_scale = lam * 1.4426950408889634
+    c_scale = qk_scale * 1.4426950408889634
+    k_base = K + bi * sk_b + hk * sk_h
+    v_base = V + bi * sv_b + hk * sv_h
+    b_base = BR + bi * sb_b + hi * sb_h
+
+    acc_dq = tl.zeros([BLOCK_OUT, D_PAD], dtype=tl.float32)
+    acc_dc = tl.zeros([BLOCK_OUT, N_PAD], dtype=tl.float32)          # dCr / lam
+    row_g = tl.zeros([BLOCK_OUT], dtype=tl.float32)
+
+    # Keys j < m0: the query factor exp(g_i - g_m0) <= 1 goes on the Cr rows once.
+    row_f = tl.exp(tl.minimum(g_i - g_m0, 0.0))
+    cr_f = (cr.to(tl.float32) * row_f[:, None]).to(cr.dtype)
+    acc_dq, acc_dc, row_g = _dq_blocks(
+        acc_dq, acc_dc, row_g, q, do, cr_f, g_i, g_m0, lse, delta, offs_m, 0, m0,
+        k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
+        offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale, BLOCK_IN, False, UPCAST)
+    # From here on acc_dc takes dS * D directly: give the off-diagonal part its row factor.
+    # The raw Cr rows are loaded again (one Cr tile live per phase).
+    acc_dc = acc_dc * row_f[:, None]
+    cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
+    acc_dq, acc_dc, row_g = _dq_blocks(
+        acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, m0, tl.minimum(m0 + BLOCK_OUT, T),
+        k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
+        offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale, BLOCK_IN, True, UPCAST)
+
+    tl.store(DQ + bi * sdq_b + hi * sdq_h + rows[:, None] * sdq_t + offs_d[None, :] * sdq_d,
+             (acc_dq * qk_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(DCR + bi * sdc_b + hi * sdc_h + rows[:, None] * sdc_t + offs_s[None, :] * sdc_n,
+             (lam * acc_dc).to(DCR.dtype.element_ty), mask=row_ok[:, None] & s_ok[None, :])
+    tl.store(ROWG + row_base + rows, row_g, mask=row_ok)
+
+
+def _tuned(kernel):
+    return triton.autotune(configs=bwd_configs(), key=["T", "D_PAD", "N_PAD", "REP"],
+                           prune_configs_by={"early_config_prune": prune_wide(64 * 64)})(kernel)
+
+
+_sisa_bwd_dkv_tuned = _tuned(_sisa_bwd_dkv_kernel)
+_sisa_bwd_dq_tuned = _tuned(_sisa_bwd_dq_kernel)
+
+
+def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, config=None):
+    """Gradients of sisa_attn. dout, out (b, t, h, d); lse (b, h, t) float32.
+
+    config: optional {"BLOCK_OUT": .., "BLOCK_IN": ..} (BLOCK_OUT a multiple of
+    BLOCK_IN) for both kernels, bypassing the autotuner.
+    Returns (dq, dk, dv, dC_rot, dB_rot, dg, dlam) with each input's shape and dtype
+    (dlam in float32; the caller casts).
+    """
+    b, t, h, d = q.shape
+    hk = k.shape[2]
+    n = C_rot.shape[-1]
+    rep = h // hk
+    dev = q.device
+    lam32 = lam.to(torch.float32).contiguous()
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dcr = torch.empty_like(C_rot, memory_format=torch.contiguous_format)
+    dbr = torch.empty_like(B_rot, memory_format=torch.contiguous_format)
+    # dk, dv per query head; GQA groups are summed afterwards (deterministic).
+    kv_dtype = k.dtype if rep == 1 else torch.float32
+    dk_h = torch.empty((b, t, h, d), dtype=kv_dtype, device=dev)
+    dv_h = torch.empty((b, t, h, d), dtype=kv_dtype, device=dev)
+    delta = torch.empty((b, h, t), dtype=torch.float32, device=dev)
+    row_g = torch.empty((b, h, t), dtype=torch.float32, device=dev)
+    col_g = torch.empty((b, h, t), dtype=torch.float32, device=dev)
+    if t == 0 or b * h == 0:
+        z = torch.zeros
+        return (z(q.shape, dtype=q.dtype, device=dev), z(k.shape, dtype=k.dtype, device=dev),
+                z(v.shape, dtype=v.dtype, device=dev), z(C_rot.shape, dtype=C_rot.dtype, device=dev),
+                z(B_rot.shape, dtype=B_rot.dtype, device=dev), z(g.shape, dtype=g.dtype, device=dev),
+                z((h,), dtype=torch.float32, device=dev))
+    if config is not None:
+        assert config["BLOCK_OUT"] % config["BLOCK_IN"] == 0
+    d_pad, n_pad = padded(d), padded(n)
+    upcast = upcast_dot(q.dtype, C_rot.dtype)
+    blk = 16 if interpreting() else 64
+    _sisa_bwd_delta_kernel[(triton.cdiv(t, blk), h, b)](
+        out, dout, delta, *out.stride(), *dout.stride(), h, t, d, D_PAD=d_pad, BLOCK=blk)
+    common = (*q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
+              *dout.stride())
+    grid = lambda meta: (triton.cdiv(t, meta["BLOCK_OUT"]), h, b)
+    consts = dict(D_PAD=d_pad, N_PAD=n_pad, UPCAST=upcast)
+    tail = (h, t, d, n, rep, float(softmax_scale))
+    blocks = ("BLOCK_OUT", "BLOCK_IN")
+    launch(_sisa_bwd_dkv_tuned, _sisa_bwd_dkv_kernel, grid,
+           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk_h, dv_h, dbr, col_g,
+            *common, *dk_h.stride(), *dbr.stride(), *tail), consts, config, t, blocks)
+    launch(_sisa_bwd_dq_tuned, _sisa_bwd_dq_kernel, grid,
+           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dq, dcr, row_g,
+            *common, *dq.stride(), *dcr.stride(), *tail), consts, config, t, blocks)
+    if rep == 1:
+        dk, dv = dk_h, dv_h
+    else:
+        dk = dk_h.view(b, t, hk, rep, d).sum(3).to(k.dtype)
+        dv = dv_h.view(b, t, hk, rep, d).sum(3).to(v.dtype)
+    dlam = row_g.sum(dim=(0, 2))
+    dg = (lam32[None, :, None] * (row_g - col_g)).transpose(1, 2).contiguous().to(g.dtype)
+    return dq, dk, dv, dcr, dbr, dg, dlam
