@@ -6,8 +6,6 @@ reference paths.
 """
 from __future__ import annotations
 
-import functools
-import importlib
 import os
 
 import torch
@@ -15,13 +13,32 @@ import torch
 BACKENDS = ("naive", "sdpa", "triton")
 
 
-@functools.lru_cache(maxsize=None)
+_LOADED: dict = {}   # module name -> (module or None, reason or None)
+
+
+def _import(module: str):
+    # Plain import statements: torch.compile traces these, but not importlib.
+    if module == "scan":
+        from sisa_kernels import scan as mod
+    elif module == "attention_op":
+        from sisa_kernels import attention_op as mod
+    elif module == "decode":
+        from sisa_kernels import decode as mod
+    elif module == "augment":
+        from sisa_kernels import augment as mod
+    else:
+        raise ValueError(f"no kernel module {module!r}")
+    return mod
+
+
 def _load(module: str):
-    """Import a ``sisa_kernels`` module, or return the reason it cannot be used."""
-    try:
-        return importlib.import_module(f"sisa_kernels.{module}"), None
-    except Exception as exc:  # ImportError, or Triton failing to initialise
-        return None, f"{type(exc).__name__}: {exc}"
+    """Import a ``sisa_kernels`` module once: (module, None), or (None, the reason)."""
+    if module not in _LOADED:
+        try:
+            _LOADED[module] = (_import(module), None)
+        except Exception as exc:  # ImportError, or Triton failing to initialise
+            _LOADED[module] = (None, f"{type(exc).__name__}: {exc}")
+    return _LOADED[module]
 
 
 def triton_unavailable_reason(device) -> str | None:
