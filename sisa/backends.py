@@ -71,10 +71,12 @@ def available_backends(device="cpu") -> list[str]:
     return out
 
 
-def resolve(backend: str, device: torch.device, op: str) -> str:
-    """Map "auto" to the fastest correct backend and reject unknown or unusable names."""
+def resolve(backend: str, device: torch.device, op: str, dtype: torch.dtype = torch.float32) -> str:
+    """Map "auto" to the fastest correct backend and reject unknown or unusable names.
+    The attention kernel takes 16/32-bit inputs; float64 attention runs the references."""
     if backend == "auto":
-        if device.type == "cuda" and triton_unavailable_reason(device) is None:
+        fused_ok = op == "scan" or dtype != torch.float64
+        if device.type == "cuda" and fused_ok and triton_unavailable_reason(device) is None:
             return "triton"
         return "sdpa" if op == "attention" else "naive"
     allowed = BACKENDS if op == "attention" else ("naive", "triton")
@@ -84,4 +86,7 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
         reason = triton_unavailable_reason(device)
         if reason is not None:
             raise RuntimeError(f"backend 'triton' is unavailable on {device}: {reason}")
+        if op == "attention" and dtype == torch.float64:
+            raise TypeError("backend 'triton' takes float16, bfloat16 or float32 inputs, got float64 "
+                            "(use backend 'naive' or 'sdpa')")
     return backend

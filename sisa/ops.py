@@ -10,7 +10,7 @@ import torch
 
 from . import backends
 from ._checks import check_attention_inputs, check_scan_inputs
-from .naive import naive_attention, naive_scan, state_dtype
+from .naive import naive_attention, naive_scan
 from .sdpa import sdpa_attention
 from .varlen import check_cu_seqlens
 
@@ -38,7 +38,7 @@ def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="
         return _packed_scan(C, B, log_alpha, theta, initial_state, backend, cu_seqlens, check_inputs)
     check_scan_inputs(C, B, log_alpha, theta, initial_state, check_values=check_inputs)
     backend = backends.resolve(backend, C.device, "scan")
-    if backend == "triton" and C.dtype != torch.float64:
+    if backend == "triton":
         g0, phi0 = initial_state if initial_state is not None else (None, None)
         C_rot, B_rot, g, g_last, phi_last = backends.kernel("scan").ssm_scan(C, B, log_alpha, theta, g0, phi0)
         return C_rot, B_rot, g, (g_last, phi_last)
@@ -65,7 +65,7 @@ def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, ba
     """SISA attention given the scan's outputs (no validation: internal callers such
     as the layer's cached prefill). Shapes as sisa_attention, with C_rot, B_rot
     (b, t, h, n) and g (b, t, h). Returns (b, t, h, d) in q's dtype."""
-    backend = backends.resolve(backend, q.device, "attention")
+    backend = backends.resolve(backend, q.device, "attention", q.dtype)
     b, t, h, d = q.shape
     if t == 0:
         return q.new_empty(b, 0, h, d)
@@ -100,7 +100,7 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         (b, t, h, d) in q's dtype. Differentiable in all eight inputs.
     """
     check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=check_inputs)
-    backend = backends.resolve(backend, q.device, "attention")
+    backend = backends.resolve(backend, q.device, "attention", q.dtype)
     if cu_seqlens is not None:
         segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
         outs = [sisa_attention(*(x[:, a:b] for x in (q, k, v, C, B, log_alpha, theta)), lam,
