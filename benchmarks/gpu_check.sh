@@ -9,10 +9,11 @@
 #   1. env   : nvidia-smi, versions, sisa.available_backends("cuda")   -> $OUT/env.log
 #   2. tests : GPU parity tests, python -m pytest tests -q -x           -> $OUT/tests.log
 #              (the tests pick CUDA by themselves, bf16 included)
-#   3. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
+#   3. decode: decode-step latency over cache lengths 1..32K            -> $OUT/decode/, $OUT/decode.log
+#   4. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
 #              with --budget-s so it stops timing in time to write its report;
 #              results.json is rewritten after every row, so even a kill keeps data.
-# All three fit in TOTAL_S seconds (default 480 = 8 minutes).
+# All four fit in TOTAL_S seconds (default 480 = 8 minutes).
 set -u
 
 OUT=${OUT:-benchmarks/results/scratch/gpu-check}
@@ -60,6 +61,8 @@ print("sisa.available_backends(cuda):", sisa.available_backends("cuda"),
 EOF'
 
 stage tests "$TESTS_S" 40 python -m pytest tests -q -x -p no:cacheprovider
+
+stage decode 60 12 python -m benchmarks.decode --out "$OUT/decode"
 
 LEFT=$((TOTAL_S - (SECONDS - START) - 10))
 BUDGET=$((LEFT - 75))                 # stop timing early enough to write results.md/png

@@ -118,3 +118,12 @@ def test_gate_rows_use_the_judge_up_to_full_t():
     assert gate.gate_rows(1024, 1024, "cpu") is None
     rows = gate.gate_rows(5000, 1024, "cpu")
     assert rows[0] == 0 and rows[-1] == 4999 and bool((rows[1:] > rows[:-1]).all())
+
+
+def test_decode_benchmark_writes_gated_rows(tmp_path):
+    from benchmarks import decode
+    rc = decode.main(["--device", "cpu", "--cache-lens", "1,9", "--batch", "1", "--heads", "2", "--kv-heads", "1",
+                      "--d-head", "16", "--d-state", "4", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "decode.json").read_text())["results"]
+    assert rc == 0 and [r["cache_len"] for r in rows] == [1, 9]
+    assert all(r["status"] == "ok" and r["gate_err"] < 1e-4 and r["sisa_ms"] > 0 for r in rows)
