@@ -63,7 +63,8 @@ def check_scan_inputs(C, B, log_alpha, theta, initial_state=None, check_values=T
 
 def check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=True):
     """Shapes as in SPEC.md section 1 (see sisa.sisa_attention)."""
-    for name, x in (("q", q), ("k", k), ("v", v), ("lam", lam)):
+    for name, x in (("q", q), ("k", k), ("v", v), ("C", C), ("B", B), ("log_alpha", log_alpha),
+                    ("theta", theta), ("lam", lam)):
         _tensor(name, x)
     if q.dim() != 4:
         raise ValueError(f"q must be 4-D (batch, seqlen, heads, head_dim), got shape {tuple(q.shape)}")

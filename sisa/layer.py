@@ -18,13 +18,14 @@ def rope(x: torch.Tensor, base: float = 10000.0, positions: torch.Tensor | None 
     """Interleaved rotary embedding: pair m of position p turns by p * base^(-2m/d).
 
     x: (b, t, h, d); positions: (t,) (default 0..t-1) -> same shape and dtype as x
-    (angles in float32).
+    (angles in float32; float64 for float64 x).
     """
     t, d = x.shape[1], x.shape[-1]
+    sd = state_dtype(x.dtype)
     if positions is None:
         positions = torch.arange(t, device=x.device)
-    inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
-    phi = (positions.float()[:, None] * inv_freq)[None, :, None, :]   # (1, t, 1, d/2)
+    inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=sd) / d)
+    phi = (positions.to(sd)[:, None] * inv_freq)[None, :, None, :]   # (1, t, 1, d/2)
     return rotate_pairs(x, phi).to(x.dtype)
 
 

@@ -86,6 +86,15 @@ def _augment_fused(q, k, C_rot, B_rot, g, lam_eff, width):
     return _heads_first(qhat), _heads_first(khat)
 
 
+def _nan_guard(qhat, khat, vhat, m0):
+    """0 where the rows' inputs are finite, NaN where the naive path would give NaN:
+    a non-finite query row, or any non-finite key/value at or before the row.
+    PyTorch's fused CPU kernel returns 0 for such rows instead. (b, h, m1 - m0, 1)."""
+    with torch.no_grad():
+        keys = (khat.sum(-1) + vhat.sum(-1)).cumsum(-1)[..., m0:]
+        return ((qhat.sum(-1) + keys) * 0)[..., None]
+
+
 def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augment=None):
     """Exact SISA attention from the scan's outputs with stock SDPA calls.
 
@@ -126,7 +135,7 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
             mask, causal = causal_lower_right(m1 - m0, m1), False
         o = F.scaled_dot_product_attention(qhat, khat, vpad[:, :, :m1], attn_mask=mask,
                                            is_causal=causal, scale=scale)
-        outs.append(o[..., :d])
+        outs.append(o[..., :d] + _nan_guard(qhat, khat, vpad[:, :, :m1], m0))
     if not outs:
         return q.new_empty(b, 0, h, d)
     return torch.cat(outs, dim=2).transpose(1, 2)
