@@ -30,7 +30,10 @@ def rotate_pairs(z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     (x, y) -> (x cos - y sin, x sin + y cos), i.e. x + iy times e^(i phi).
     z: (..., n), phi: (..., n/2) -> (..., n) in phi's dtype (float32 or float64).
     """
-    pairs = torch.view_as_complex(z.to(phi.dtype).contiguous().unflatten(-1, (-1, 2)))
+    z = z.to(phi.dtype).contiguous()
+    if z.storage_offset() % 2:                                     # view_as_complex needs an even offset
+        z = z.clone()
+    pairs = torch.view_as_complex(z.unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * torch.polar(torch.ones_like(phi), phi)).flatten(-2)
 
 

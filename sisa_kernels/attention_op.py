@@ -78,5 +78,5 @@ def sisa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C_rot: torch.Te
     """Fused causal SISA attention (shapes in the module docstring); differentiable."""
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
-    out, _ = _attn_fwd_op(q, k, v, C_rot, B_rot, g, lam, float(softmax_scale))
+    out, _ = _attn_fwd_op(q, k, v, C_rot, B_rot, g, lam.contiguous(), float(softmax_scale))  # kernels read lam[h]
     return out

@@ -194,7 +194,7 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, num_splits
     splits = triton.cdiv(T, chunk)                     # no split past the end of the cache
     part_o = torch.empty((b * h * s * splits, d), dtype=wide, device=q.device)
     part_l = torch.empty((b * h * s * splits,), dtype=wide, device=q.device)
-    lam = lam.to(wide)
+    lam = lam.to(wide).contiguous()                  # the kernel reads lam[h]
     acc = tl.float64 if wide == torch.float64 else tl.float32
     warps = 4 if d_pad >= 128 else 2
     _decode_split_kernel[(b * h, s, splits)](

@@ -1,0 +1,233 @@
+"""Bad input gives a clear ValueError/TypeError naming the argument, before any compute."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import sisa
+import sisa.ops
+
+from conftest import DEVICE
+
+NAMES = ("q", "k", "v", "C", "B", "log_alpha", "theta", "lam")
+
+
+def good(b=2, t=5, h=4, hk=2, d=8, n=4, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(0)
+    sd = torch.float64 if dtype == torch.float64 else torch.float32
+    x = {"q": torch.randn(b, t, h, d, generator=gen), "k": torch.randn(b, t, hk, d, generator=gen),
+         "v": torch.randn(b, t, hk, d, generator=gen), "C": torch.randn(b, t, h, n, generator=gen),
+         "B": torch.randn(b, t, h, n, generator=gen), "log_alpha": -torch.rand(b, t, h, generator=gen),
+         "theta": 0.1 * torch.randn(b, t, h, n // 2, generator=gen), "lam": 0.2 + torch.rand(h, generator=gen)}
+    return {k: v.to(DEVICE, sd if k in ("log_alpha", "lam") else dtype) for k, v in x.items()}
+
+
+def call(x, **kw):
+    return sisa.sisa_attention(*(x[k] for k in NAMES), **kw)
+
+
+def with_(**changes):
+    x = good()
+    x.update(changes)
+    return x
+
+
+def raises_naming(name, x, exc=(ValueError, TypeError), **kw):
+    """The call raises ``exc`` and the message names ``name`` as a word."""
+    with pytest.raises(exc) as info:
+        call(x, **kw)
+    msg = str(info.value)
+    assert re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", msg), f"{name!r} not named in: {msg}"
+    return msg
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fail loudly if any backend is reached: validation must come first."""
+    def boom(*a, **k):
+        raise AssertionError("a backend ran before the inputs were validated")
+    for fn in ("naive_scan", "naive_attention", "sdpa_attention"):
+        monkeypatch.setattr(sisa.ops, fn, boom)
+
+
+g = good()   # shapes: b=2, t=5, h=4, hk=2, d=8, n=4
+
+BAD_SHAPES = [
+    # (argument named, replacement inputs, what is wrong)
+    ("k", {"k": torch.randn(2, 6, 2, 8), "v": torch.randn(2, 6, 2, 8)}, "sequence length"),
+    ("v", {"v": torch.randn(2, 6, 2, 8)}, "sequence length"),
+    ("C", {"C": torch.randn(2, 6, 4, 4), "B": torch.randn(2, 6, 4, 4), "log_alpha": -torch.rand(2, 6, 4),
+           "theta": torch.randn(2, 6, 4, 2)}, "sequence length"),
+    ("log_alpha", {"log_alpha": -torch.rand(2, 6, 4)}, "sequence length"),
+    ("k", {"k": torch.randn(3, 5, 2, 8), "v": torch.randn(3, 5, 2, 8)}, "batch"),
+    ("v", {"v": torch.randn(1, 5, 2, 8)}, "batch"),
+    ("C", {"C": torch.randn(1, 5, 4, 4)}, "batch"),
+    ("theta", {"theta": torch.randn(1, 5, 4, 2)}, "batch"),
+    ("k", {"k": torch.randn(2, 5, 3, 8), "v": torch.randn(2, 5, 3, 8)}, "heads 4 vs kv heads 3"),
+    ("d_state", {"C": torch.randn(2, 5, 4, 3), "B": torch.randn(2, 5, 4, 3), "theta": torch.randn(2, 5, 4, 1)},
+     "odd d_state"),
+    ("B", {"B": torch.randn(2, 5, 4, 6)}, "B wider than C"),
+    ("C", {"C": torch.randn(2, 5, 2, 4)}, "C with kv heads instead of heads"),
+    ("theta", {"theta": torch.randn(2, 5, 4, 4)}, "theta n wide, not n/2"),
+    ("theta", {"theta": torch.randn(2, 5, 4)}, "theta missing its last dim"),
+    ("lam", {"lam": torch.rand(5) + 0.1}, "lam (h+1,)"),
+    ("lam", {"lam": torch.rand(1, 4) + 0.1}, "lam (1, h)"),
+    ("lam", {"lam": torch.tensor(0.5)}, "lam scalar"),
+    ("k", {"k": torch.randn(2, 5, 2, 6), "v": torch.randn(2, 5, 2, 6)}, "head dim of k differs"),
+    ("v", {"v": torch.randn(2, 5, 2, 6)}, "head dim of v differs"),
+    ("q", {"q": torch.randn(2, 5, 32)}, "q 3-D"),
+]
+
+
+@pytest.mark.parametrize("name,changes,why", BAD_SHAPES, ids=[w for _, _, w in BAD_SHAPES])
+def test_bad_shapes(name, changes, why, no_compute):
+    raises_naming(name, with_(**{k: v.to(DEVICE) for k, v in changes.items()}), ValueError)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_floating(name, no_compute):
+    x = good()
+    x[name] = (x[name] * 10).to(torch.int64)
+    raises_naming(name, x, TypeError)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_tensor(name, no_compute):
+    x = good()
+    x[name] = x[name].cpu().numpy() if name != "lam" else x[name].tolist()
+    raises_naming(name, x, TypeError)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_devices(name, no_compute):
+    """One input on the 'meta' device: a ValueError naming it, not a crash inside a
+    backend (no_compute proves no backend was reached)."""
+    x = good()
+    x[name] = x[name].to("meta")
+    msg = raises_naming(name, x, ValueError)
+    assert "meta" in msg and "device" in msg
+
+
+def test_positive_log_alpha(no_compute):
+    x = good()
+    x["log_alpha"][0, 2, 1] = 0.25
+    raises_naming("log_alpha", x, ValueError)
+    x = good()
+    x["log_alpha"][1, 0, 0] = float("-inf")
+    raises_naming("log_alpha", x, ValueError)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_check_inputs_false_skips_value_checks(backend):
+    """check_inputs=False trusts the values (no host sync): the call runs. (What it
+    returns for invalid values is unspecified: naive clamps exp(g_i - g_j) at 1.)"""
+    x = good()
+    x["log_alpha"][0, 2, 1] = 0.25
+    out = call(x, backend=backend, check_inputs=False)
+    assert out.shape == x["q"].shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="log_alpha"):     # and with the default it does not run
+        call(x, backend=backend)
+    x = good()
+    x["lam"][0] = -0.5
+    assert call(x, backend=backend, check_inputs=False).shape == x["q"].shape
+    with pytest.raises(ValueError, match="lam"):
+        call(x, backend=backend)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.3])
+def test_lam_not_positive(bad, no_compute):
+    x = good()
+    x["lam"][2] = bad
+    raises_naming("lam", x, ValueError)
+
+
+@pytest.mark.parametrize("backend", ["flash", "Naive", "", "triton2"])
+def test_unknown_backend(backend, no_compute):
+    raises_naming("backend", good(), ValueError, backend=backend)
+
+
+def test_scan_rejects_attention_only_backend():
+    """The scan has no sdpa form; asking for one is an error naming the argument."""
+    x = good()
+    with pytest.raises(ValueError, match="backend"):
+        sisa.ssm_importance_scan(x["C"], x["B"], x["log_alpha"], x["theta"], backend="sdpa")
+
+
+def test_triton_unavailable_is_a_clear_runtime_error(monkeypatch, no_compute):
+    """On a CPU without the interpreter (and on devices with no kernels) asking for
+    triton explicitly raises RuntimeError with the reason, never falls back silently."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = {k: v.cpu() for k, v in good().items()}
+    with pytest.raises(RuntimeError, match="triton.*unavailable.*TRITON_INTERPRET"):
+        call(x, backend="triton")
+    with pytest.raises(RuntimeError, match="triton.*unavailable"):
+        sisa.ssm_importance_scan(x["C"], x["B"], x["log_alpha"], x["theta"], backend="triton")
+    assert "triton" not in sisa.available_backends("cpu")
+    meta = {k: v.to("meta") for k, v in x.items()}
+    with pytest.raises(RuntimeError, match="meta"):
+        call(meta, backend="triton", check_inputs=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("backend", sisa.available_backends(DEVICE))
+def test_empty_sequence(backend, dtype):
+    x = good(t=0, dtype=dtype)
+    if backend == "triton" and dtype == torch.float64:      # the kernels are 16/32-bit
+        with pytest.raises(TypeError, match="float64"):
+            call(x, backend=backend)
+        return
+    out = call(x, backend=backend)
+    assert out.shape == (2, 0, 4, 8) and out.dtype == dtype
+
+
+def test_scan_bad_initial_state(no_compute):
+    x = good()
+    args = (x["C"], x["B"], x["log_alpha"], x["theta"])
+    with pytest.raises(ValueError, match=re.escape("initial_state[0] (g0)")):
+        sisa.ssm_importance_scan(*args, initial_state=(torch.zeros(2, 3), torch.zeros(2, 4, 2)))
+    with pytest.raises(ValueError, match=re.escape("initial_state[1] (phi0)")):
+        sisa.ssm_importance_scan(*args, initial_state=(torch.zeros(2, 4), torch.zeros(2, 4, 4)))
+    with pytest.raises(TypeError, match="initial_state"):
+        sisa.ssm_importance_scan(*args, initial_state=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=re.escape("initial_state[0] (g0)")):
+        sisa.ssm_importance_scan(*args, initial_state=(torch.zeros(2, 4, device="meta"), torch.zeros(2, 4, 2)))
+
+
+NAN_AT = {"q": (0, 3, 1, 2), "log_alpha": (1, 2, 0), "k": (1, 3, 0, 5)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("where", sorted(NAN_AT))
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_nan_in_gives_nan_out(backend, where, dtype):
+    """One NaN in: no crash, NaN wherever the maths gives NaN, and every finite output
+    equals the clean maths (nothing silently replaced, e.g. by zeros).
+
+    In the maths a NaN in q poisons its own row; a NaN decay at position s poisons g
+    from s on (rows >= s of that head); a NaN key poisons rows >= its position.
+    """
+    x = good(dtype=dtype)
+    x[where][NAN_AT[where]] = float("nan")
+    out = call(x, backend=backend)
+    expect = torch.zeros_like(out, dtype=torch.bool)
+    if where == "q":
+        b, s, hh, _ = NAN_AT["q"]
+        expect[b, s, hh] = True
+    elif where == "log_alpha":
+        b, s, hh = NAN_AT["log_alpha"]
+        expect[b, s:, hh] = True
+    else:
+        b, s, kh, _ = NAN_AT["k"]
+        rep = x["q"].shape[2] // x["k"].shape[2]
+        expect[b, s:, kh * rep:(kh + 1) * rep] = True
+    assert torch.isnan(out[expect]).all(), (
+        f"{backend}: NaN in {where} should give NaN out, got e.g. {out[expect][:4].tolist()}")
+    finite = torch.isfinite(out)
+    assert not (finite & expect).any()
+    clean = sisa.sisa_attention(*(x[k].double() for k in NAMES), backend="naive")
+    assert torch.equal(torch.isnan(clean), expect)              # the maths itself, as described
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert ((out.double() - clean).abs()[finite] <= tol).all(), f"{backend}: finite outputs are wrong"
+    if backend == "naive":                                      # the judge is exactly as NaN as the maths
+        assert torch.equal(finite, ~expect)

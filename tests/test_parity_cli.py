@@ -1,0 +1,70 @@
+"""``python -m sisa.parity``: passes a correct backend, fails a broken one."""
+import re
+
+import torch
+
+import sisa.parity
+from sisa.naive import naive_sisa_attention
+
+ARGS = ["--dtypes", "float32", "--no-long", "--backends", "sdpa", "--device", "cpu"]
+
+
+def rows(text):
+    return [line for line in text.splitlines() if line.startswith("sdpa ")]
+
+
+def test_parity_passes_and_prints_table(capsys):
+    assert sisa.parity.main(ARGS) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"backend\s+dtype\s+case\s+fwd err\s+fwd tol", out)
+    body = rows(out)
+    assert len(body) == len(sisa.parity.GRID)
+    for line in body:
+        assert line.split()[1] == "float32" and line.rstrip().endswith("ok"), line
+        fwd_err, fwd_tol = (float(x) for x in line.split()[-5:-3])
+        assert fwd_err <= fwd_tol
+    assert f"{len(body)} passed, 0 failed" in out
+
+
+def _drop_ssm_term(q, k, v, C, B, log_alpha, theta, lam, backend=None, **kw):
+    """A plausible-looking wrong backend: forgets the SSM score bias."""
+    return naive_sisa_attention(q, k, v, C, B, log_alpha, theta, lam * 1e-9)
+
+
+def test_parity_fails_a_wrong_backend(monkeypatch, capsys):
+    monkeypatch.setattr(sisa.parity, "sisa_attention", _drop_ssm_term)
+    assert sisa.parity.main(ARGS) == 1
+    out = capsys.readouterr().out
+    fails = [line for line in rows(out) if line.rstrip().endswith("FAIL")]
+    assert len(fails) >= len(sisa.parity.GRID) - 1       # t=1 has no off-diagonal terms to miss
+    assert re.search(r"\d+ passed, [1-9]\d* failed", out)
+
+
+def test_parity_fails_a_slightly_wrong_gradient(monkeypatch, capsys):
+    """Forward exact, one gradient (dlam) off by 1%: still a failure."""
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, lam):
+            return lam.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 1.01
+
+    def wrong(q, k, v, C, B, log_alpha, theta, lam, backend=None, **kw):
+        return naive_sisa_attention(q, k, v, C, B, log_alpha, theta, Scale.apply(lam))
+
+    monkeypatch.setattr(sisa.parity, "sisa_attention", wrong)
+    assert sisa.parity.main(ARGS) == 1
+    out = capsys.readouterr().out
+    assert any(" lam " in line and line.rstrip().endswith("FAIL") for line in rows(out))
+
+
+def test_parity_reports_a_crash_as_failure(monkeypatch, capsys):
+    def crash(*a, **kw):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(sisa.parity, "sisa_attention", crash)
+    assert sisa.parity.main(ARGS) == 1
+    out = capsys.readouterr().out
+    assert out.count("ERROR RuntimeError: kernel exploded") == len(sisa.parity.GRID)
