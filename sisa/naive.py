@@ -31,9 +31,13 @@ def rotate_pairs(z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     z: (..., n), phi: (..., n/2) -> (..., n) in phi's dtype (float32 or float64).
     """
     z = z.to(phi.dtype).contiguous()
+    if torch.compiler.is_compiling():  # the pairs written out: the compiler fuses them
+        x, y = z.unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = phi.cos(), phi.sin()
+        return torch.stack((x * cos - y * sin, x * sin + y * cos), dim=-1).flatten(-2)
     if z.storage_offset() % 2:                                     # view_as_complex needs an even offset
         z = z.clone()
-    pairs = torch.view_as_complex(z.unflatten(-1, (-1, 2)))
+    pairs = torch.view_as_complex(z.unflatten(-1, (-1, 2)))      # eagerly: one complex multiply
     return torch.view_as_real(pairs * torch.polar(torch.ones_like(phi), phi)).flatten(-2)
 
 
