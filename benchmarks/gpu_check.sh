@@ -7,7 +7,7 @@
 # Stages, each under `timeout`, each exit status reported; a failing stage does not
 # stop the next one:
 #   1. env   : nvidia-smi, versions, sisa.available_backends("cuda")   -> $OUT/env.log
-#   2. tests : GPU parity tests, python -m pytest tests -q -x           -> $OUT/tests.log
+#   2. tests : GPU parity tests, python -m pytest tests -q              -> $OUT/tests.log
 #              (the tests pick CUDA by themselves, bf16 included)
 #   3. decode: decode-step latency over cache lengths 1..32K            -> $OUT/decode/, $OUT/decode.log
 #   4. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
@@ -60,7 +60,7 @@ print("sisa.available_backends(cuda):", sisa.available_backends("cuda"),
       "| triton reason:", triton_unavailable_reason("cuda"))
 EOF'
 
-stage tests "$TESTS_S" 40 python -m pytest tests -q -x -p no:cacheprovider
+stage tests "$TESTS_S" 40 python -m pytest tests -q -p no:cacheprovider
 
 stage decode 60 12 python -m benchmarks.decode --out "$OUT/decode"
 
