@@ -24,11 +24,12 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def rotate_pairs(z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+def rotate_pairs(z: torch.Tensor, phi: torch.Tensor, phasor: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate each interleaved pair (z[2m], z[2m+1]) by angle phi[m].
 
     (x, y) -> (x cos - y sin, x sin + y cos), i.e. x + iy times e^(i phi).
     z: (..., n), phi: (..., n/2) -> (..., n) in phi's dtype (float32 or float64).
+    phasor: optionally e^(i phi) already computed (to rotate several z by one phi).
     """
     z = z.to(phi.dtype).contiguous()
     if torch.compiler.is_compiling():  # the pairs written out: the compiler fuses them
@@ -37,8 +38,10 @@ def rotate_pairs(z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
         return torch.stack((x * cos - y * sin, x * sin + y * cos), dim=-1).flatten(-2)
     if z.storage_offset() % 2:                                     # view_as_complex needs an even offset
         z = z.clone()
+    if phasor is None:
+        phasor = torch.polar(torch.ones_like(phi), phi)
     pairs = torch.view_as_complex(z.unflatten(-1, (-1, 2)))      # eagerly: one complex multiply
-    return torch.view_as_real(pairs * torch.polar(torch.ones_like(phi), phi)).flatten(-2)
+    return torch.view_as_real(pairs * phasor).flatten(-2)
 
 
 def naive_scan(C, B, log_alpha, theta, initial_state=None):
@@ -57,8 +60,9 @@ def naive_scan(C, B, log_alpha, theta, initial_state=None):
         g0, phi0 = initial_state
         g = g + g0.to(sd).unsqueeze(1)
         phi = phi + phi0.to(sd).unsqueeze(1)
-    C_rot = rotate_pairs(C, phi).to(C.dtype)
-    B_rot = rotate_pairs(B, phi).to(B.dtype)
+    phasor = None if torch.compiler.is_compiling() else torch.polar(torch.ones_like(phi), phi)
+    C_rot = rotate_pairs(C, phi, phasor).to(C.dtype)
+    B_rot = rotate_pairs(B, phi, phasor).to(B.dtype)
     b, t, h = log_alpha.shape
     if t > 0:
         final = (g[:, -1], phi[:, -1])

@@ -62,11 +62,14 @@ def _heads_first(x):
 def _widen(parts, width):
     """(b, t, h, w_i) pieces -> one (b, h, t, width) contiguous tensor, zero-padded:
     a single copy that also gives SDPA the heads-first layout it runs fastest on."""
-    parts = [_heads_first(p) for p in parts]
-    extra = width - sum(p.shape[-1] for p in parts)
-    if extra:
-        parts.append(parts[0].new_zeros(*parts[0].shape[:-1], extra))
-    return torch.cat(parts, dim=-1)
+    b, t, h = parts[0].shape[:3]
+    out = parts[0].new_empty(b, h, t, width)
+    start = 0
+    for p in parts:
+        out[..., start : start + p.shape[-1]].copy_(_heads_first(p))
+        start += p.shape[-1]
+    out[..., start:].zero_()
+    return out
 
 
 def _augment_torch(q, k, C_rot, B_rot, g, s, m0, m1, width):
@@ -87,12 +90,16 @@ def _augment_fused(q, k, C_rot, B_rot, g, lam_eff, width):
 
 
 def _nan_guard(qhat, khat, vhat, m0):
-    """0 where the rows' inputs are finite, NaN where the naive path would give NaN:
-    a non-finite query row, or any non-finite key/value at or before the row.
-    PyTorch's fused CPU kernel returns 0 for such rows instead. (b, h, m1 - m0, 1)."""
+    """None when every input is finite (one host sync); else a (b, h, m1 - m0, 1) term
+    that is NaN exactly where the naive path's output would be: a non-finite query
+    row, or any non-finite key/value at or before the row (PyTorch's fused CPU
+    kernel returns 0 for such rows) and 0 elsewhere."""
     with torch.no_grad():
-        keys = (khat.sum(-1) + vhat.sum(-1)).cumsum(-1)[..., m0:]
-        return ((qhat.sum(-1) + keys) * 0)[..., None]
+        rows = qhat.sum(-1)
+        keys = khat.sum(-1) + vhat.sum(-1)
+        if bool(torch.isfinite(rows.sum() + keys.sum())):
+            return None
+        return ((rows[..., m0:] * 0 + keys.cumsum(-1)[..., m0:]) * 0)[..., None]
 
 
 def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augment=None):
@@ -134,11 +141,12 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
         else:
             mask, causal = causal_lower_right(m1 - m0, m1), False
         o = F.scaled_dot_product_attention(qhat, khat, vpad[:, :, :m1], attn_mask=mask,
-                                           is_causal=causal, scale=scale)
-        outs.append(o[..., :d] + _nan_guard(qhat, khat, vpad[:, :, :m1], m0))
+                                           is_causal=causal, scale=scale)[..., :d]
+        guard = _nan_guard(qhat, khat, vpad[:, :, :m1], m0)
+        outs.append(o if guard is None else o + guard)
     if not outs:
         return q.new_empty(b, 0, h, d)
-    return torch.cat(outs, dim=2).transpose(1, 2)
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).transpose(1, 2)
 
 
 def paper_sdpa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None,
