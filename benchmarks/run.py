@@ -98,7 +98,8 @@ def parse_args(argv=None):
                    help="torch CPU threads (default torch's; 1 with --quick on CPU, which keeps a "
                         "shared machine's timings sane)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<machine>-<date>/)")
+    p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<machine>-<date>/; "
+                                               "with --quick benchmarks/results/scratch/quick-<machine>-<date>/)")
     args = p.parse_args(argv)
 
     args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
@@ -264,7 +265,10 @@ def main(argv=None) -> int:
 def _sweep(args) -> int:
     machine = machine_info(args.device)
     bandwidth = machine["gpu_hbm_tb_s"] * 1e12 if machine["gpu_hbm_tb_s"] else None
-    out = args.out or Path(__file__).parent / "results" / f"{_slug(machine['gpu'] or machine['cpu'])}-{machine['date']}"
+    name = f"{_slug(machine['gpu'] or machine['cpu'])}-{machine['date']}"
+    # --quick writes to the ignored scratch folder, so it never overwrites a committed sweep.
+    default = Path(__file__).parent / "results" / ("scratch/quick-" + name if args.quick else name)
+    out = args.out or default
     out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()}
     tasks = plan(args)
