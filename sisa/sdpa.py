@@ -95,11 +95,10 @@ def _nan_guard(qhat, khat, vhat, m0):
     row, or any non-finite key/value at or before the row (PyTorch's fused CPU
     kernel returns 0 for such rows) and 0 elsewhere."""
     with torch.no_grad():
-        rows = qhat.sum(-1)
-        keys = khat.sum(-1) + vhat.sum(-1)
-        if bool(torch.isfinite(rows.sum() + keys.sum())):
+        if bool(torch.isfinite(qhat.sum() + khat.sum() + vhat.sum())):   # whole-tensor sums: cheap
             return None
-        return ((rows[..., m0:] * 0 + keys.cumsum(-1)[..., m0:]) * 0)[..., None]
+        keys = (khat.sum(-1) + vhat.sum(-1)).cumsum(-1)[..., m0:]
+        return ((qhat.sum(-1) + keys) * 0)[..., None]
 
 
 def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augment=None):
