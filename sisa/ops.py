@@ -109,11 +109,6 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         return torch.cat(outs, dim=1) if outs else q.new_empty(q.shape)
     if q.shape[1] == 0:
         return q.new_empty(q.shape)
-    if backend == "naive":
-        scan_backend = "naive"
-    elif backend == "triton" or (q.is_cuda and backends.triton_unavailable_reason(q.device) is None):
-        scan_backend = "triton"
-    else:
-        scan_backend = "naive"
+    scan_backend = backend if backend in ("naive", "triton") else "auto"   # sdpa: the fused scan on CUDA
     C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend=scan_backend, check_inputs=False)
     return attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=softmax_scale, backend=backend)

@@ -81,10 +81,11 @@ def _augment_torch(q, k, C_rot, B_rot, g, s, m0, m1, width):
     return _widen([q[:, m0:m1], cq], width), _widen([k[:, :m1], bk], width)
 
 
-def _augment_fused(q, k, C_rot, B_rot, g, lam_eff, width):
+def _augment_fused(q, k, C_rot, B_rot, g, lam, scale, width):
     """The single-chunk case with the Triton epilogue: Qhat and Khat of all rows in
     one fused pass, offset by c = g[t - 1] (k keeps its kv heads)."""
     augment_qk = backends.kernel("augment").augment_qk
+    lam_eff = lam.float() / (scale * math.sqrt(q.shape[-1]))     # its s is d^(1/4) sqrt(lam)
     qhat, khat = augment_qk(q, k, C_rot, B_rot, g, lam_eff, g[:, -1].contiguous(), width)
     return _heads_first(qhat), _heads_first(khat)
 
@@ -127,12 +128,11 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
     if q.is_cuda:
         width = -(-width // 8) * 8                                # flash wants a multiple of 8
     s = torch.sqrt(lam.to(sd) / scale)[:, None]                   # scale * s^2 = lam
-    lam_eff = lam.float() / (scale * math.sqrt(d))                # the epilogue's s is d^(1/4) sqrt(lam)
     vpad = _widen([v], width)
     outs = []
     for m0, m1 in chunks:
         if fused_augment:
-            qhat, khat = _augment_fused(q, k, C_rot, B_rot, g, lam_eff, width)
+            qhat, khat = _augment_fused(q, k, C_rot, B_rot, g, lam, scale, width)
         else:
             qhat, khat = _augment_torch(q, k, C_rot, B_rot, g, s, m0, m1, width)
         if m0 == 0:
