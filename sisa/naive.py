@@ -24,24 +24,48 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def rotate_pairs(z: torch.Tensor, phi: torch.Tensor, phasor: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotate each interleaved pair (z[2m], z[2m+1]) by angle phi[m].
+def unit_phasor(phi: torch.Tensor) -> torch.Tensor:
+    """e^(i phi) as a complex tensor of phi's shape (cos and sin are vectorised on the
+    CPU where ``torch.polar`` is not)."""
+    return torch.complex(phi.cos(), phi.sin())
+
+
+def rotate_pairs(z: torch.Tensor, phi: torch.Tensor, phasor: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate each interleaved pair (z[2m], z[2m+1]) by angle phi[m], times ``scale``.
 
     (x, y) -> (x cos - y sin, x sin + y cos), i.e. x + iy times e^(i phi).
     z: (..., n), phi: (..., n/2) -> (..., n) in phi's dtype (float32 or float64).
     phasor: optionally e^(i phi) already computed (to rotate several z by one phi).
+    scale: optionally a real (...) factor folded into the same multiply.
     """
     z = z.to(phi.dtype).contiguous()
     if torch.compiler.is_compiling():  # the pairs written out: the compiler fuses them
         x, y = z.unflatten(-1, (-1, 2)).unbind(-1)
         cos, sin = phi.cos(), phi.sin()
+        if scale is not None:
+            cos, sin = cos * scale[..., None], sin * scale[..., None]
         return torch.stack((x * cos - y * sin, x * sin + y * cos), dim=-1).flatten(-2)
     if z.storage_offset() % 2:                                     # view_as_complex needs an even offset
         z = z.clone()
     if phasor is None:
-        phasor = torch.polar(torch.ones_like(phi), phi)
+        phasor = unit_phasor(phi)
+    if scale is not None:
+        phasor = phasor * scale[..., None]
     pairs = torch.view_as_complex(z.unflatten(-1, (-1, 2)))      # eagerly: one complex multiply
     return torch.view_as_real(pairs * phasor).flatten(-2)
+
+
+def scan_state(log_alpha, theta, sd, initial_state=None):
+    """g = g0 + cumsum(log_alpha) (b, t, h) and Phi = phi0 + cumsum(theta) (b, t, h, n/2)
+    along t, in the state dtype ``sd`` (see state_dtype)."""
+    g = torch.cumsum(log_alpha.to(sd), dim=1)
+    phi = torch.cumsum(theta.to(sd), dim=1)
+    if initial_state is not None:
+        g0, phi0 = initial_state
+        g = g + g0.to(sd).unsqueeze(1)
+        phi = phi + phi0.to(sd).unsqueeze(1)
+    return g, phi
 
 
 def naive_scan(C, B, log_alpha, theta, initial_state=None):
@@ -54,13 +78,8 @@ def naive_scan(C, B, log_alpha, theta, initial_state=None):
     phi_last (b, h, n/2).
     """
     sd = state_dtype(C.dtype)
-    g = torch.cumsum(log_alpha.to(sd), dim=1)
-    phi = torch.cumsum(theta.to(sd), dim=1)
-    if initial_state is not None:
-        g0, phi0 = initial_state
-        g = g + g0.to(sd).unsqueeze(1)
-        phi = phi + phi0.to(sd).unsqueeze(1)
-    phasor = None if torch.compiler.is_compiling() else torch.polar(torch.ones_like(phi), phi)
+    g, phi = scan_state(log_alpha, theta, sd, initial_state)
+    phasor = None if torch.compiler.is_compiling() else unit_phasor(phi)
     C_rot = rotate_pairs(C, phi, phasor).to(C.dtype)
     B_rot = rotate_pairs(B, phi, phasor).to(B.dtype)
     b, t, h = log_alpha.shape

@@ -10,8 +10,8 @@ import torch
 
 from . import backends
 from ._checks import check_attention_inputs, check_scan_inputs
-from .naive import naive_attention, naive_scan
-from .sdpa import sdpa_attention
+from .naive import naive_attention, naive_scan, scan_state, state_dtype
+from .sdpa import fused_augment_available, sdpa_attention
 from .varlen import check_cu_seqlens
 
 
@@ -109,6 +109,10 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         return torch.cat(outs, dim=1) if outs else q.new_empty(q.shape)
     if q.shape[1] == 0:
         return q.new_empty(q.shape)
+    if backend == "sdpa" and not fused_augment_available(q):   # the rotation folds into the Qhat/Khat build
+        g, phi = scan_state(log_alpha, theta, state_dtype(q.dtype))
+        scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        return sdpa_attention(q, k, v, C, B, g, lam, scale, phi=phi)
     scan_backend = backend if backend in ("naive", "triton") else "auto"   # sdpa: the fused scan on CUDA
     C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend=scan_backend, check_inputs=False)
     return attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=softmax_scale, backend=backend)
