@@ -10,6 +10,8 @@ timed. Layout, one concern per file:
 - ``timing.py``: wall-clock and memory measurement (CUDA or CPU).
 - ``report.py``: printed table, markdown, plot.
 - ``run.py``: the sweep and its command line (``python -m benchmarks.run``).
+- ``ratio.py``: one SISA provider against plain SDPA with alternating (paired)
+  calls, for ratio targets on a noisy machine (``python -m benchmarks.ratio``).
 - ``gpu_check.sh``: the one prepared script for a lent GPU.
 - ``retrieval.py``, ``retrieval_data.py``: SISA vs Transformer on needle retrieval.
 - ``test_bench_cpu.py``: a pytest-benchmark suite for the CPU paths

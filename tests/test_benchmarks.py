@@ -127,3 +127,27 @@ def test_decode_benchmark_writes_gated_rows(tmp_path):
     rows = json.loads((tmp_path / "decode.json").read_text())["results"]
     assert rc == 0 and [r["cache_len"] for r in rows] == [1, 9]
     assert all(r["status"] == "ok" and r["gate_err"] < 1e-4 and r["sisa_ms"] > 0 for r in rows)
+
+
+def test_paired_ratio_writes_gated_rounds(tmp_path):
+    from benchmarks import ratio
+    argv = ["--device", DEVICE, "--seqlen", "48", "--heads", "2", "--d-head", "16", "--d-state", "4",
+            "--pairs", "3", "--rounds", "2", "--out", str(tmp_path)]
+    assert ratio.main(argv) == 0
+    data = json.loads((tmp_path / "ratio.json").read_text())
+    rows = data["results"]
+    assert [(r["mode"], r["round"]) for r in rows] == [("fwd", 1), ("fwd", 2), ("fwd+bwd", 1), ("fwd+bwd", 2)]
+    for r in rows:
+        assert r["status"] == "ok" and r["gate_err"] <= r["gate_tol"]
+        assert len(r["ratios"]) == 3 and r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"]
+        assert r["sisa_ms"] > 0 and r["plain_ms"] > 0
+    assert (tmp_path / "ratio.md").read_text().count("| fwd") == 4
+
+
+def test_paired_ratio_does_not_time_a_mismatch(tmp_path, monkeypatch):
+    from benchmarks import ratio
+    monkeypatch.setitem(providers.PROVIDERS, "sdpa", dataclasses.replace(
+        providers.PROVIDERS["sdpa"], run=providers.PROVIDERS["plain"].run))   # drops the SSM term
+    argv = ["--device", DEVICE, "--seqlen", "32", "--heads", "2", "--d-head", "16", "--d-state", "4",
+            "--modes", "fwd", "--pairs", "2", "--rounds", "1"]
+    assert ratio.main(argv) == 1
