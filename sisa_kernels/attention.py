@@ -97,33 +97,80 @@ def load_rows(base, rows, row_ok, s_row, offs_c, col_ok, s_col):
 
 
 @triton.jit
+def block_offsets(start, T, D, N, BLOCK: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr):
+    """Positions [start, start + BLOCK) and the head-dim / d_state columns, with their
+    masks: (offs, ok, idx (int64 offs), offs_d, d_ok, offs_s, s_ok)."""
+    offs = start + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, D_PAD)
+    offs_s = tl.arange(0, N_PAD)
+    return offs, offs < T, offs.to(tl.int64), offs_d, offs_d < D, offs_s, offs_s < N
+
+
+@triton.jit
+def logit_scales(LAM, hi, qk_scale):
+    """(lam, c_scale, s_scale): head hi's lam and the content / SSM logit scales in
+    base 2 (log2 e folded in: scale * log2 e and lam * log2 e)."""
+    lam = tl.load(LAM + hi).to(tl.float32)
+    return lam, qk_scale * 1.4426950408889634, lam * 1.4426950408889634
+
+
+@triton.jit
+def query_rows(q_base, c_base, g_base, rows, row_ok, m0, sq_t, sq_d, sc_t, sc_n, sg_t,
+               offs_d, d_ok, offs_s, s_ok):
+    """A query block's q and raw Cr tiles, its g rows (float32) and g at its first row m0."""
+    q = load_rows(q_base, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
+    cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
+    g_i = tl.load(g_base + rows * sg_t, mask=row_ok, other=0.0).to(tl.float32)
+    g_m0 = tl.load(g_base + m0.to(tl.int64) * sg_t).to(tl.float32)
+    return q, cr, g_i, g_m0
+
+
+@triton.jit
+def key_tile(q, cr, g_i, g_m0, offs_m, n0, k_base, v_base, b_base, g_base,
+             sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+             BLOCK_N: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
+    """Key tile [n0, n0 + BLOCK_N) against a query block (rows offs_m), as the forward
+    and the dq backward both use it. Returns (k, v, br, dec, keep, x, s): the k, v
+    tiles; br as multiplied; the decay and the causal mask (DIAG only); the SSM
+    product x = dec * (cr br^T); and the base-2 logits s, unmasked.
+
+    DIAG False: keys j < m0; cr holds Cr_i exp(g_i - g_m0) and br is scaled here
+    by exp(g_m0 - g_j) (both <= 1); dec is 1 and keep True.
+    DIAG True: cr holds the raw Cr rows; dec = exp(min(g_i - g_j, 0)) with the
+    exponent set to 0 where the mask removes the entry (no inf * 0).
+    """
+    offs_j = n0 + tl.arange(0, BLOCK_N)
+    col_ok = offs_j < T
+    cols = offs_j.to(tl.int64)
+    k = load_rows(k_base, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
+    v = load_rows(v_base, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
+    br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
+    g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
+    if DIAG:
+        keep = (offs_m[:, None] >= offs_j[None, :]) & col_ok[None, :] & (offs_m < T)[:, None]
+        dec = tl.exp(tl.where(keep, tl.minimum(g_i[:, None] - g_j[None, :], 0.0), 0.0))
+        x = tile_dot(cr, tl.trans(br), UPCAST) * dec
+    else:                     # nothing masked; the decay is folded into cr and br
+        keep = True
+        dec = 1.0
+        br = (br.to(tl.float32) * tl.exp(tl.minimum(g_m0 - g_j, 0.0))[:, None]).to(br.dtype)
+        x = tile_dot(cr, tl.trans(br), UPCAST)
+    s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + x * s_scale
+    return k, v, br, dec, keep, x, s
+
+
+@triton.jit
 def _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, n_lo, n_hi,
                 k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
                 BLOCK_N: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
-    """Online softmax over the key blocks in [n_lo, n_hi), in base 2.
-
-    DIAG False: blocks strictly below the diagonal; cr holds Cr_i exp(g_i - g_m0) and
-    each Br row is scaled by exp(g_m0 - g_j) here (BLOCK_N exps), no mask.
-    DIAG True: cr holds the raw Cr rows; per-element exp(min(g_i - g_j, 0)) under
-    the causal mask, exponent 0 where masked (no inf * 0).
-    """
+    """Online softmax over the key blocks in [n_lo, n_hi), in base 2 (key_tile says
+    what cr holds for DIAG False / True)."""
     for n0 in range(n_lo, n_hi, BLOCK_N):
-        offs_j = n0 + tl.arange(0, BLOCK_N)
-        col_ok = offs_j < T
-        cols = offs_j.to(tl.int64)
-        k = load_rows(k_base, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
-        v = load_rows(v_base, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
-        br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
-        g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
-        if DIAG:
-            keep = (offs_m[:, None] >= offs_j[None, :]) & col_ok[None, :]
-            dec = tl.exp(tl.where(keep, tl.minimum(g_i[:, None] - g_j[None, :], 0.0), 0.0))
-            x = tile_dot(cr, tl.trans(br), UPCAST) * dec
-        else:
-            br_f = (br.to(tl.float32) * tl.exp(tl.minimum(g_m0 - g_j, 0.0))[:, None]).to(br.dtype)
-            x = tile_dot(cr, tl.trans(br_f), UPCAST)
-        s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + x * s_scale
+        k, v, br, dec, keep, x, s = key_tile(
+            q, cr, g_i, g_m0, offs_m, n0, k_base, v_base, b_base, g_base,
+            sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+            BLOCK_N, DIAG, UPCAST)
         if DIAG:
             s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -155,23 +202,12 @@ def _sisa_fwd_kernel(
     hk = hi // REP
     m0 = pid_m * BLOCK_M
 
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    offs_s = tl.arange(0, N_PAD)
-    row_ok = offs_m < T
-    d_ok = offs_d < D
-    s_ok = offs_s < N
-    rows = offs_m.to(tl.int64)
-
-    q = load_rows(Q + bi * sq_b + hi * sq_h, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
+    offs_m, row_ok, rows, offs_d, d_ok, offs_s, s_ok = block_offsets(m0, T, D, N, BLOCK_M, D_PAD, N_PAD)
     c_base = CR + bi * sc_b + hi * sc_h
-    cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
     g_base = G + bi * sg_b + hi * sg_h
-    g_i = tl.load(g_base + rows * sg_t, mask=row_ok, other=0.0).to(tl.float32)
-    g_m0 = tl.load(g_base + m0.to(tl.int64) * sg_t).to(tl.float32)
-    lam = tl.load(LAM + hi).to(tl.float32)
-    s_scale = lam * 1.4426950408889634            # lam * log2(e): the SSM logit in base 2
-    c_scale = qk_scale * 1.4426950408889634       # scale * log2(e): the content logit in base 2
+    q, cr, g_i, g_m0 = query_rows(Q + bi * sq_b + hi * sq_h, c_base, g_base, rows, row_ok, m0,
+                                  sq_t, sq_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok)
+    lam, c_scale, s_scale = logit_scales(LAM, hi, qk_scale)
 
     k_base = K + bi * sk_b + hk * sk_h
     v_base = V + bi * sv_b + hk * sv_h

@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import interpreting, launch, load_rows, padded, prune_wide, tile_dot, upcast_dot
+from .attention import (block_offsets, interpreting, key_tile, launch, load_rows, logit_scales, padded,
+                        prune_wide, query_rows, tile_dot, upcast_dot)
 
 
 def bwd_configs():
@@ -122,13 +123,7 @@ def _sisa_bwd_dkv_kernel(
     hk = hi // REP
     n0 = tl.program_id(0) * BLOCK_OUT
 
-    offs_n = n0 + tl.arange(0, BLOCK_OUT)
-    offs_d = tl.arange(0, D_PAD)
-    offs_s = tl.arange(0, N_PAD)
-    col_ok = offs_n < T
-    d_ok = offs_d < D
-    s_ok = offs_s < N
-    cols = offs_n.to(tl.int64)
+    offs_n, col_ok, cols, offs_d, d_ok, offs_s, s_ok = block_offsets(n0, T, D, N, BLOCK_OUT, D_PAD, N_PAD)
 
     k = load_rows(K + bi * sk_b + hk * sk_h, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
     v = load_rows(V + bi * sv_b + hk * sv_h, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
@@ -136,9 +131,7 @@ def _sisa_bwd_dkv_kernel(
     br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
     g_base = G + bi * sg_b + hi * sg_h
     g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
-    lam = tl.load(LAM + hi).to(tl.float32)
-    s_scale = lam * 1.4426950408889634
-    c_scale = qk_scale * 1.4426950408889634
+    lam, c_scale, s_scale = logit_scales(LAM, hi, qk_scale)
     q_base = Q + bi * sq_b + hi * sq_h
     do_base = DO + bi * sdo_b + hi * sdo_h
     c_base = CR + bi * sc_b + hi * sc_h
@@ -184,29 +177,14 @@ def _dq_blocks(acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, 
                k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
                BLOCK_IN: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
-    """Accumulate over the key blocks in [n_lo, n_hi) for a fixed query block.
-
-    DIAG False: keys j < m0; cr holds Cr_i exp(g_i - g_m0), each Br row is scaled by
-    exp(g_m0 - g_j) here, and acc_dc gets dS (Br_j exp(g_m0 - g_j)).
-    DIAG True: cr holds the raw Cr rows; per-element decay under the causal mask, and
-    acc_dc gets (dS * D) Br.
-    """
+    """Accumulate over the key blocks in [n_lo, n_hi) for a fixed query block (the
+    forward's key_tile recomputes the logits). acc_dc gets dS (Br_j exp(g_m0 - g_j))
+    below the diagonal (DIAG False) and (dS * D) Br on it (DIAG True)."""
     for n0 in range(n_lo, n_hi, BLOCK_IN):
-        offs_j = n0 + tl.arange(0, BLOCK_IN)
-        col_ok = offs_j < T
-        cols = offs_j.to(tl.int64)
-        k = load_rows(k_base, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
-        v = load_rows(v_base, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
-        br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
-        g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
-        if DIAG:
-            keep = (offs_m[:, None] >= offs_j[None, :]) & col_ok[None, :] & (offs_m < T)[:, None]
-            dec = tl.exp(tl.where(keep, tl.minimum(g_i[:, None] - g_j[None, :], 0.0), 0.0))
-            x = tile_dot(cr, tl.trans(br), UPCAST) * dec
-        else:
-            br = (br.to(tl.float32) * tl.exp(tl.minimum(g_m0 - g_j, 0.0))[:, None]).to(br.dtype)
-            x = tile_dot(cr, tl.trans(br), UPCAST)
-        s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + x * s_scale
+        k, v, br, dec, keep, x, s = key_tile(
+            q, cr, g_i, g_m0, offs_m, n0, k_base, v_base, b_base, g_base,
+            sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+            BLOCK_IN, DIAG, UPCAST)
         p = tl.exp2(s - lse[:, None])
         if DIAG:
             p = tl.where(keep, p, 0.0)
@@ -244,27 +222,16 @@ def _sisa_bwd_dq_kernel(
     hk = hi // REP
     m0 = pid_m * BLOCK_OUT
 
-    offs_m = m0 + tl.arange(0, BLOCK_OUT)
-    offs_d = tl.arange(0, D_PAD)
-    offs_s = tl.arange(0, N_PAD)
-    row_ok = offs_m < T
-    d_ok = offs_d < D
-    s_ok = offs_s < N
-    rows = offs_m.to(tl.int64)
+    offs_m, row_ok, rows, offs_d, d_ok, offs_s, s_ok = block_offsets(m0, T, D, N, BLOCK_OUT, D_PAD, N_PAD)
     row_base = (bi * H + hi) * T
-
-    q = load_rows(Q + bi * sq_b + hi * sq_h, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
-    do = load_rows(DO + bi * sdo_b + hi * sdo_h, rows, row_ok, sdo_t, offs_d, d_ok, sdo_d)
     c_base = CR + bi * sc_b + hi * sc_h
-    cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
     g_base = G + bi * sg_b + hi * sg_h
-    g_i = tl.load(g_base + rows * sg_t, mask=row_ok, other=0.0).to(tl.float32)
-    g_m0 = tl.load(g_base + m0.to(tl.int64) * sg_t).to(tl.float32)
+    q, cr, g_i, g_m0 = query_rows(Q + bi * sq_b + hi * sq_h, c_base, g_base, rows, row_ok, m0,
+                                  sq_t, sq_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok)
+    do = load_rows(DO + bi * sdo_b + hi * sdo_h, rows, row_ok, sdo_t, offs_d, d_ok, sdo_d)
     lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
-    lam = tl.load(LAM + hi).to(tl.float32)
-    s_scale = lam * 1.4426950408889634
-    c_scale = qk_scale * 1.4426950408889634
+    lam, c_scale, s_scale = logit_scales(LAM, hi, qk_scale)
     k_base = K + bi * sk_b + hk * sk_h
     v_base = V + bi * sv_b + hk * sv_h
     b_base = BR + bi * sb_b + hi * sb_h
