@@ -314,7 +314,7 @@ def main(argv=None) -> dict:
         "paper": {"steps": [1000, 2000, 3000, 5000, 7000],
                   "transformer": [61.5, 78, 93.5, 98.5, 100], "sisa": [100] * 5},
     }, "models": {}, "wall_s": {}}
-    print(f"parameters: " + ", ".join(f"{m} {n:,}" for m, n in result["config"]["parameters"].items())
+    print("parameters: " + ", ".join(f"{m} {n:,}" for m, n in result["config"]["parameters"].items())
           + f"; SISA d_ff {cfgs['sisa']['d_ff']} vs {cfgs['transformer']['d_ff']}", file=sys.stderr)
     progress = Progress(run.steps * len(names))
     for name in names:
@@ -325,7 +325,7 @@ def main(argv=None) -> dict:
     (out / "retrieval.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "retrieval.png")
     print(table(result))
-    print(f"wall time: " + ", ".join(f"{m} {s:.0f}s" for m, s in result["wall_s"].items())
+    print("wall time: " + ", ".join(f"{m} {s:.0f}s" for m, s in result["wall_s"].items())
           + f"; wrote {out / 'retrieval.json'} and {out / 'retrieval.png'}")
     return result
 

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     backends = args.backends or available_backends(args.device)
     print(f"sisa parity on {args.device}: backends {backends}; torch {torch.__version__}")
-    rows, failures, start = [], 0, time.perf_counter()
+    failures, start = 0, time.perf_counter()
     jobs = [(bk, dt, case, True) for bk in backends for dt in args.dtypes for case in GRID
             if not (dt == "float64" and bk in ("naive", "triton"))]  # the judge itself; kernels are 16/32-bit
     if not args.no_long:

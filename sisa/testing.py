@@ -11,10 +11,13 @@ import dataclasses
 
 import torch
 
-from .naive import naive_sisa_attention
+from .naive import naive_scan, naive_sisa_attention
 
 NAMES = ("q", "k", "v", "C", "B", "log_alpha", "theta", "lam")
 FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# The kernel tests' floor, relative to the reference's magnitude: their shapes are
+# small, so it can be tighter (in float32 both errors are ~1e-7 and their ratio noise).
+KERNEL_FLOOR = {torch.float32: 2e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,25 @@ def make_inputs(case: Case, dtype, device="cpu", seed=0) -> dict:
          "lam": (0.2 + torch.rand(c.h, generator=gen, dtype=torch.float64)).to(device)}
     state = torch.float64 if dtype == torch.float64 else torch.float32
     return {k: v.to(state if k in ("log_alpha", "lam") else dtype) for k, v in x.items()}
+
+
+def make_scanned(b, t, h, hk, d, n, dtype, log_alpha, device="cpu", seed=0, lam_dtype=torch.float32):
+    """Inputs of the attention kernels, through the naive scan: [q, k, v, C_rot, B_rot,
+    g, lam], with q, k, v (b, t, h|hk, d) and C_rot, B_rot (b, t, h, n) in ``dtype``,
+    g (b, t, h) float32, lam (h,) in ``lam_dtype``. log_alpha: the mean per-token
+    log-decay (<= 0), e.g. -0.005 (weak) or -1.0 (strong)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(device)
+
+    q, k, v = rnd(b, t, h, d), rnd(b, t, hk, d), rnd(b, t, hk, d)
+    C, B = rnd(b, t, h, n, scale=n ** -0.25), rnd(b, t, h, n, scale=n ** -0.25)
+    la = (log_alpha * 2 * torch.rand(b, t, h, generator=gen)).to(device)
+    theta = rnd(b, t, h, n // 2, scale=0.3)
+    C_rot, B_rot, g, _ = naive_scan(C.to(dtype), B.to(dtype), la, theta)
+    lam = (torch.rand(h, generator=gen) + 0.3).to(device, lam_dtype)
+    return [q.to(dtype), k.to(dtype), v.to(dtype), C_rot, B_rot, g.float(), lam]
 
 
 def run(fn, inputs: dict, dout=None):

@@ -16,16 +16,22 @@ import math
 import torch
 
 
-def sisa_attn_tiles(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, block=16):
-    b, t, h, d = q.shape
-    rep = h // k.shape[2]
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+def heads_first(q, k, v, C_rot, B_rot, g, lam):
+    """The inputs as (b, h, ., .) views in the compute dtype (float64 stays float64,
+    the rest float32), kv heads repeated for GQA: (qh, kh, vh, crh, brh, gh (b, h, t),
+    lam (1, h, 1, 1))."""
+    rep = q.shape[2] // k.shape[2]
     f = torch.float64 if q.dtype == torch.float64 else torch.float32
-    # (b, h, t, .) views in the compute dtype; kv heads repeated for GQA.
     qh, crh, brh = (x.to(f).transpose(1, 2) for x in (q, C_rot, B_rot))
     kh, vh = (x.to(f).repeat_interleave(rep, dim=2).transpose(1, 2) for x in (k, v))
-    gh = g.to(f).transpose(1, 2)                                    # (b, h, t)
-    lam = lam.to(f)[None, :, None, None]
+    return qh, kh, vh, crh, brh, g.to(f).transpose(1, 2), lam.to(f)[None, :, None, None]
+
+
+def sisa_attn_tiles(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, block=16):
+    b, t, h, d = q.shape
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    qh, kh, vh, crh, brh, gh, lam = heads_first(q, k, v, C_rot, B_rot, g, lam)
+    f = qh.dtype
     out = torch.empty_like(qh)
     lse = torch.empty(b, h, t, dtype=f, device=q.device)
     for m0 in range(0, t, block):

@@ -15,19 +15,15 @@ import math
 
 import torch
 
+from .attention_ref import heads_first
+
 
 def sisa_decode_splits(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, num_splits=3):
     b, s, h, d = q.shape
     T = k.shape[1]
-    rep = h // k.shape[2]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
-    f = torch.float64 if q.dtype == torch.float64 else torch.float32
-    # (b, h, ., .) views in the compute dtype; kv heads repeated for GQA.
-    qh, crh, brh = (x.to(f).transpose(1, 2) for x in (q, C_rot, B_rot))
-    kh, vh = (x.to(f).repeat_interleave(rep, dim=2).transpose(1, 2) for x in (k, v))
-    gk = g.to(f).transpose(1, 2)                                   # (b, h, T)
+    qh, kh, vh, crh, brh, gk, lam = heads_first(q, k, v, C_rot, B_rot, g, lam)   # gk (b, h, T)
     gq = gk[:, :, T - s:]                                          # (b, h, s)
-    lam = lam.to(f)[None, :, None, None]
     pos = torch.arange(T - s, T, device=q.device)[:, None]          # query positions
 
     chunk = -(-T // num_splits)

@@ -14,35 +14,19 @@ import sys
 import pytest
 import torch
 
-from sisa.naive import naive_attention, naive_scan
+from sisa.naive import naive_attention
+from sisa.testing import KERNEL_FLOOR, make_scanned
 from sisa_kernels.attention_op import sisa_attn
 from sisa_kernels.attention_ref import sisa_attn_tiles
 
 from conftest import DEVICE
 
 NAMES = ("q", "k", "v", "C_rot", "B_rot", "g", "lam")
-# Floor relative to the reference's magnitude, per dtype (covers the float32 case,
-# where both errors are ~1e-7 and their ratio is noise).
-FLOOR = {torch.float32: 2e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+FLOOR = KERNEL_FLOOR
 
 
 def make_inputs(b, t, h, hk, d, n, dtype, log_alpha, seed=0, lam_dtype=torch.float32):
-    """Random inputs through the naive scan: C_rot, B_rot in dtype, g float32.
-
-    log_alpha: mean per-token log-decay (<= 0), e.g. -0.005 (weak) or -1.0 (strong).
-    """
-    gen = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen) * scale).to(DEVICE)
-
-    q, k, v = rnd(b, t, h, d), rnd(b, t, hk, d), rnd(b, t, hk, d)
-    C, B = rnd(b, t, h, n, scale=n ** -0.25), rnd(b, t, h, n, scale=n ** -0.25)
-    la = (log_alpha * 2 * torch.rand(b, t, h, generator=gen)).to(DEVICE)
-    theta = rnd(b, t, h, n // 2, scale=0.3)
-    C_rot, B_rot, g, _ = naive_scan(C.to(dtype), B.to(dtype), la, theta)
-    lam = (torch.rand(h, generator=gen) + 0.3).to(DEVICE, lam_dtype)
-    return [q.to(dtype), k.to(dtype), v.to(dtype), C_rot, B_rot, g.float(), lam]
+    return make_scanned(b, t, h, hk, d, n, dtype, log_alpha, DEVICE, seed, lam_dtype)
 
 
 def run(fn, inputs, dout, scale):

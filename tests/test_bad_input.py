@@ -1,7 +1,6 @@
 """Bad input gives a clear ValueError/TypeError naming the argument, before any compute."""
 import re
 
-import numpy as np
 import pytest
 import torch
 

@@ -6,38 +6,26 @@ for s < t). Parity rule (FlashAttention's): the kernel's max error against the
 float64 reference is within 2x of PyTorch's own error in the low dtype
 (``naive_attention(..., upcast=False)``) plus a small floor scaled to the dtype.
 """
-import math
 
 import pytest
 import torch
 
-from sisa.naive import naive_attention, naive_scan
+from sisa.naive import naive_attention
+from sisa.testing import KERNEL_FLOOR, make_scanned
 from sisa_kernels.decode import sisa_decode
 from sisa_kernels.decode_ref import sisa_decode_splits
 
 from conftest import DEVICE
 
-FLOOR = {torch.float32: 2e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+FLOOR = KERNEL_FLOOR
 WEAK, STRONG = -0.005, -1.0
 
 
 def make_inputs(b, T, s, h, hk, d, n, dtype, log_alpha, seed=0):
     """Decode inputs: q, C_rot for the last s positions; k, v, B_rot, g for all T.
-
-    log_alpha: mean per-token log-decay (<= 0). Returns [q, k, v, C_rot, B_rot, g, lam].
-    """
-    gen = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen) * scale).to(DEVICE)
-
-    q, k, v = rnd(b, s, h, d), rnd(b, T, hk, d), rnd(b, T, hk, d)
-    C, B = rnd(b, T, h, n, scale=n ** -0.25), rnd(b, T, h, n, scale=n ** -0.25)
-    la = (log_alpha * 2 * torch.rand(b, T, h, generator=gen)).to(DEVICE)
-    theta = rnd(b, T, h, n // 2, scale=0.3)
-    C_rot, B_rot, g, _ = naive_scan(C.to(dtype), B.to(dtype), la, theta)
-    lam = (torch.rand(h, generator=gen) + 0.3).to(DEVICE)
-    return [q.to(dtype), k.to(dtype), v.to(dtype), C_rot[:, T - s:], B_rot, g.float(), lam]
+    Returns [q, k, v, C_rot, B_rot, g, lam]."""
+    q, k, v, C_rot, B_rot, g, lam = make_scanned(b, T, h, hk, d, n, dtype, log_alpha, DEVICE, seed)
+    return [q[:, T - s:], k, v, C_rot[:, T - s:], B_rot, g, lam]
 
 
 def err(a, b):

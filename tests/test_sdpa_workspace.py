@@ -7,7 +7,6 @@ the eager and compiled builds agree.
 """
 import threading
 
-import pytest
 import torch
 
 import sisa
