@@ -10,10 +10,12 @@
 #   2. tests : GPU parity tests, python -m pytest tests -q              -> $OUT/tests.log
 #              (the tests pick CUDA by themselves, bf16 included)
 #   3. decode: decode-step latency over cache lengths 1..32K            -> $OUT/decode/, $OUT/decode.log
-#   4. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
+#   4. ratio : triton vs flash attention in alternating pairs (bf16,    -> $OUT/ratio/, $OUT/ratio.log
+#              t=8192, 16 heads, d=128, n=16), python -m benchmarks.ratio
+#   5. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
 #              with --budget-s so it stops timing in time to write its report;
 #              results.json is rewritten after every row, so even a kill keeps data.
-# All four fit in TOTAL_S seconds (default 480 = 8 minutes).
+# All five fit in TOTAL_S seconds (default 480 = 8 minutes).
 set -u
 
 OUT=${OUT:-benchmarks/results/scratch/gpu-check}
@@ -63,6 +65,9 @@ EOF'
 stage tests "$TESTS_S" 40 python -m pytest tests -q -p no:cacheprovider
 
 stage decode 60 12 python -m benchmarks.decode --out "$OUT/decode"
+
+stage ratio 60 20 python -m benchmarks.ratio --provider triton --dtype bf16 --seqlen 8192 --batch 2 \
+    --heads 16 --d-head 128 --d-state 16 --rounds 2 --pairs 20 --out "$OUT/ratio"
 
 LEFT=$((TOTAL_S - (SECONDS - START) - 10))
 BUDGET=$((LEFT - 75))                 # stop timing early enough to write results.md/png

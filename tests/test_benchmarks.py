@@ -151,3 +151,11 @@ def test_paired_ratio_does_not_time_a_mismatch(tmp_path, monkeypatch):
     argv = ["--device", DEVICE, "--seqlen", "32", "--heads", "2", "--d-head", "16", "--d-state", "4",
             "--modes", "fwd", "--pairs", "2", "--rounds", "1"]
     assert ratio.main(argv) == 1
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU the triton provider is supported")
+def test_paired_ratio_reports_an_unsupported_provider():
+    from benchmarks import ratio
+    argv = ["--device", "cpu", "--provider", "triton", "--seqlen", "32", "--heads", "2", "--d-head", "16",
+            "--d-state", "4", "--pairs", "2", "--rounds", "1"]
+    assert ratio.main(argv) == 1
