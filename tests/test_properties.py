@@ -92,6 +92,10 @@ def check(p, backends, grads):
         out, out_g = run(lambda *a: sisa.sisa_attention(*a, backend=bk), x, p["layout"])
         assert out.shape == x["q"].shape and out.dtype == p["dtype"], bk
         assert err(out, ref) <= fwd_tol, f"{bk} forward {err(out, ref):.3g} > {fwd_tol:.3g} on {p}"
+        if grads:   # inference builds in reused buffers (sdpa on a CPU): the same numbers
+            with torch.no_grad():
+                inference = sisa.sisa_attention(*(relayout(x[k], p["layout"]) for k in NAMES), backend=bk)
+            assert torch.equal(inference, out), f"{bk}: no_grad forward differs on {p}"
         if grads and p["dtype"] in (torch.float32, torch.float64):
             # 16-bit gradients are judged by the deterministic sweep in test_ops.py. On
             # problems this small (t can be 2) the 3x rule compares two single max-error
