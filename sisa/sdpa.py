@@ -14,7 +14,10 @@ The decay is split into a query factor exp(g_i - c) and a key factor exp(c - g_j
   chunks, each with c = g at the chunk's last row, so every key factor is <= 1 and
   the query factor is bounded by the decay inside the chunk, which the chunking
   keeps below a per-dtype budget. v is zero-padded to the augmented width so the
-  fused (CPU) / flash (CUDA) kernels take the call.
+  fused (CPU) / flash (CUDA) kernels take the call. On a CPU the scan's rotation
+  is folded into the build (one complex multiply per side), and calls autograd
+  does not record build in reused per-thread buffers; on CUDA the Triton scan
+  and, for one chunk, the Triton epilogue do the build.
 
 Shapes: q (b, t, h, d); k, v (b, t, hk, d); C_rot, B_rot (b, t, h, n); g (b, t, h)
 (float32, float64 for float64 inputs); lam (h,).
