@@ -48,6 +48,8 @@ def plan_chunks(g: torch.Tensor, budget: float) -> list[tuple[int, int]]:
     t = g.shape[1]
     if t == 0:
         return []
+    if g.numel() == 0:                                             # no batch or no heads
+        return [(0, t)]
     if not float((g.amax(1) - g.amin(1)).amax()) > budget:       # the common case (or NaN in, NaN out)
         return [(0, t)]
     step = (g[:, :-1] - g[:, 1:]).amax(dim=(0, 2)).clamp(min=0)       # (t-1,) worst decay per step

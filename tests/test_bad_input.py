@@ -180,6 +180,16 @@ def test_empty_sequence(backend, dtype):
     assert out.shape == (2, 0, 4, 8) and out.dtype == dtype
 
 
+@pytest.mark.parametrize("backend", sisa.available_backends(DEVICE))
+def test_empty_batch(backend):
+    """Batch 0: an empty output of the right shape, and empty gradients."""
+    x = {k: (v[:0] if k != "lam" else v).requires_grad_() for k, v in good().items()}
+    out = call(x, backend=backend)
+    assert out.shape == (0, 5, 4, 8)
+    out.sum().backward()
+    assert x["q"].grad.shape == x["q"].shape
+
+
 def test_scan_bad_initial_state(no_compute):
     x = good()
     args = (x["C"], x["B"], x["log_alpha"], x["theta"])
