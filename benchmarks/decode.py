@@ -3,7 +3,7 @@
     python -m benchmarks.decode [--cache-lens 1,64,1024,...] [--out DIR]
 
 Providers: ``sisa`` (``sisa.cache.cached_attention``: the Triton split-K kernel on
-CUDA, the explicit reference on a CPU) and ``plain`` (softmax attention of the
+CUDA, the stock-SDPA path on a CPU) and ``plain`` (softmax attention of the
 same query over the same cached k, v, no SSM term: SDPA). Each SISA measurement
 is first checked against the float64 naive path; a mismatch is reported, not
 timed. Writes ``decode.json`` and ``decode.md`` in --out.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from .naive import naive_attention
+from .sdpa import sdpa_attention
 
 
 class LayerCache:
@@ -46,8 +46,8 @@ def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None):
 
     q (b, s, h, d); k, v (b, T, hk, d); C_rot (b, s, h, n); B_rot (b, T, h, n);
     g (b, T, h) float32; lam (h,). Returns (b, s, h, d). Uses the Triton decode
-    kernel on CUDA when available, the explicit reference elsewhere.
+    kernel on CUDA when available, the exact stock-SDPA path elsewhere.
     """
     if q.is_cuda and backends.triton_unavailable_reason(q.device) is None:
         return backends.kernel("decode").sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale)
-    return naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale)
+    return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale)

@@ -93,8 +93,10 @@ def _empty(shape, like, slot):
         return like.new_empty(shape)
     key = (slot, like.dtype)
     buf = _workspace.buffers.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = _workspace.buffers[key] = like.new_empty(numel)
+    if buf is None or buf.numel() < numel:                       # grow by half at least (decoding grows t by 1)
+        cap = WORKSPACE_BYTES // like.element_size()
+        size = numel if buf is None else min(max(numel, buf.numel() * 3 // 2), cap)
+        buf = _workspace.buffers[key] = like.new_empty(size)
     return buf[:numel].view(shape)
 
 
@@ -129,6 +131,7 @@ def _widen(parts, width, heads, slot=None, sums=None):
 
 def _augment_torch(q, k, C, B, g, s, m0, m1, width, phi=None, phasor=None, reuse=False, sums=None):
     """Qhat rows [m0, m1) and Khat rows [0, m1), offset by c = g[m1 - 1], in PyTorch.
+    Positions count keys; q and C hold the last q.shape[1] positions only (decoding).
 
     C, B are the scan's C_rot, B_rot; or, with phi (and its unit phasor) given, the
     unrotated C, B, whose rotation then folds into the decay multiply. s: (h,) with
@@ -137,13 +140,15 @@ def _augment_torch(q, k, C, B, g, s, m0, m1, width, phi=None, phasor=None, reuse
     c = g[:, m1 - 1 : m1]                                         # (b, 1, h): smallest g of the keys
     a_q = torch.exp(g[:, m0:m1] - c) * s                          # (b, m, h) query factors
     a_k = torch.exp(c - g[:, :m1]) * s                            # (b, m1, h) key factors, <= s
+    off = k.shape[1] - q.shape[1]
+    rows = slice(m0 - off, m1 - off)                              # the chunk's rows of q and C
     if phi is None:
-        cq, bk = C[:, m0:m1].to(s.dtype) * a_q[..., None], B[:, :m1].to(s.dtype) * a_k[..., None]
+        cq, bk = C[:, rows].to(s.dtype) * a_q[..., None], B[:, :m1].to(s.dtype) * a_k[..., None]
     else:
-        cq = rotate_pairs(C[:, m0:m1], phi[:, m0:m1], phasor[:, m0:m1], scale=a_q)
+        cq = rotate_pairs(C[:, rows], phi[:, m0:m1], phasor[:, m0:m1], scale=a_q)
         bk = rotate_pairs(B[:, :m1], phi[:, :m1], phasor[:, :m1], scale=a_k)
     h = q.shape[2]
-    return (_widen([q[:, m0:m1], cq], width, h, "qhat" if reuse else None, sums),
+    return (_widen([q[:, rows], cq], width, h, "qhat" if reuse else None, sums),
             _widen([k[:, :m1], bk], width, h, "khat" if reuse else None, sums))
 
 
@@ -182,6 +187,9 @@ def fused_augment_available(q) -> bool:
 def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augment=None, phi=None):
     """Exact SISA attention from the scan's outputs with stock SDPA calls.
 
+    q (b, s, h, d) and C_rot (b, s, h, n) may hold only the last s <= t positions
+    (cached decoding: s new queries over t keys); k, v, B_rot and g hold all t.
+
     phi: (b, t, h, n/2) cumulative angles. When given, C_rot and B_rot are the
     unrotated C and B and the rotation happens inside the Qhat/Khat build (the
     CPU path: one complex multiply per side instead of a separate scan pass).
@@ -189,15 +197,17 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
     is one chunk and phi is None (default: where ``fused_augment_available``).
     Returns (b, t, h, d) in q's dtype.
     """
-    b, t, h, d = q.shape
+    b, sq, h, d = q.shape
+    t = k.shape[1]
+    off = t - sq                                                  # position of the first query
     n = C_rot.shape[-1]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     sd = state_dtype(q.dtype)
     g = g.to(sd)
-    chunks = plan_chunks(g.detach(), DECAY_BUDGET[q.dtype])
+    chunks = [(m0 + off, m1 + off) for m0, m1 in plan_chunks(g[:, off:].detach(), DECAY_BUDGET[q.dtype])]
     if fused_augment is None:
         fused_augment = fused_augment_available(q)
-    fused_augment = fused_augment and phi is None and len(chunks) == 1
+    fused_augment = fused_augment and phi is None and len(chunks) == 1 and off == 0
     phasor = None if phi is None or torch.compiler.is_compiling() else unit_phasor(phi)
     width = d + n
     if q.is_cuda:
@@ -217,13 +227,15 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
         finite = _all_finite(sums)      # before SDPA: on CUDA the sync then waits only for the build
         if m0 == 0:
             mask, causal = None, True
+        elif m1 - m0 == 1:                                        # one query: it sees every key
+            mask, causal = None, False
         else:
             mask, causal = causal_lower_right(m1 - m0, m1), False
         o = F.scaled_dot_product_attention(qhat, khat, vpad[:, :, :m1], attn_mask=mask,
                                            is_causal=causal, scale=scale)[..., :d]
         outs.append(o if finite else o + _nan_rows(qhat, khat, vpad[:, :, :m1], m0))
     if not outs:
-        return q.new_empty(b, 0, h, d)
+        return q.new_empty(b, sq, h, d)
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).transpose(1, 2)
 
 

@@ -47,6 +47,29 @@ def test_greedy_generate_matches_argmax_of_full_recomputation(use_ssm):
         assert torch.equal(model(out[:, :step])[:, -1].argmax(-1), out[:, step])
 
 
+DECODE_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}
+
+
+@pytest.mark.parametrize("dtype", list(DECODE_TOL), ids=str)
+@pytest.mark.parametrize("s", [1, 3, 40])
+@pytest.mark.parametrize("decay", [0.01, 1.5])          # 1.5 nats/token: the s new queries need several chunks
+def test_sdpa_with_fewer_queries_than_keys_matches_naive(s, decay, dtype):
+    """The CPU decode path: the last s of t positions attend over all t keys, through
+    sisa.sdpa.sdpa_attention, against the explicit scores in float64 (GQA, n=8)."""
+    from sisa.naive import naive_attention, naive_scan
+    from sisa.sdpa import sdpa_attention
+    x = make_inputs(Case(2, 40, 4, 2, 16, 8, decay=decay), torch.float64, DEVICE, seed=3)
+    C_rot, B_rot, g, _ = naive_scan(x["C"], x["B"], x["log_alpha"], x["theta"])
+    q, C_rot = x["q"][:, -s:], C_rot[:, -s:]
+    ref = naive_attention(q, x["k"], x["v"], C_rot, B_rot, g, x["lam"])
+    low = [t.to(dtype) for t in (q, x["k"], x["v"], C_rot, B_rot)]
+    state = torch.float64 if dtype == torch.float64 else torch.float32
+    out = sdpa_attention(*low, g.to(state), x["lam"].to(state))
+    assert out.shape == ref.shape and out.dtype == dtype
+    err = (out.double() - ref).abs().max().item()
+    assert err <= DECODE_TOL[dtype] * (1 + ref.abs().max().item()), f"err {err:.3g}"
+
+
 def test_sampling_respects_top_k_and_generator():
     model = tiny_model(dtype=torch.float32)
     ids = torch.randint(0, 61, (2, 4), device=DEVICE)
