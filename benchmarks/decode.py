@@ -3,10 +3,12 @@
     python -m benchmarks.decode [--cache-lens 1,64,1024,...] [--out DIR]
 
 Providers: ``sisa`` (``sisa.cache.cached_attention``: the Triton split-K kernel on
-CUDA, the stock-SDPA path on a CPU) and ``plain`` (softmax attention of the
-same query over the same cached k, v, no SSM term: SDPA). Each SISA measurement
-is first checked against the float64 naive path; a mismatch is reported, not
-timed. Writes ``decode.json`` and ``decode.md`` in --out.
+CUDA, stock SDPA over the cache's widened keys on a CPU) and ``plain`` (softmax
+attention of the same query over the same cached k, v, no SSM term: SDPA). A step
+is what a model does per token: append the token to a LayerCache holding T - 1,
+then attend over all T. Each SISA measurement is first checked against the
+float64 naive path; a mismatch is reported, not timed. Writes ``decode.json`` and
+``decode.md`` in --out.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sisa.cache import cached_attention
+from sisa.cache import LayerCache, cached_attention
 from sisa.naive import naive_attention
 
 from .run import DTYPES, machine_info
@@ -44,6 +46,35 @@ def plain_decode(q, k, v):
     return o.transpose(1, 2)
 
 
+def _rewind(cache, length):
+    """Drop the cache back to ``length`` tokens, so that every timed step appends the
+    same token to the same cache (the widened rows too, when the CPU path keeps them)."""
+    cache.length = length
+    if cache.wide is not None:
+        cache.wide["rows"] = min(cache.wide["rows"], length)
+
+
+def decode_steps(q, k, v, C_rot, B_rot, g, lam):
+    """(sisa_step, plain_step): each appends token T - 1 to a cache of T - 1 tokens and
+    attends over all T (the plain one without the SSM term)."""
+    T = k.shape[1]
+    sisa_cache, plain_cache = LayerCache(), LayerCache()
+    sisa_cache.append(k=k, v=v, B_rot=B_rot, g=g)
+    plain_cache.append(k=k, v=v)
+    new = dict(k=k[:, -1:], v=v[:, -1:], B_rot=B_rot[:, -1:], g=g[:, -1:])
+
+    def sisa_step():
+        _rewind(sisa_cache, T - 1)
+        past = sisa_cache.append(**new)
+        return cached_attention(q, past["k"], past["v"], C_rot, past["B_rot"], past["g"], lam, cache=sisa_cache)
+
+    def plain_step():
+        _rewind(plain_cache, T - 1)
+        past = plain_cache.append(k=new["k"], v=new["v"])
+        return plain_decode(q, past["k"], past["v"])
+    return sisa_step, plain_step
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.decode", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -65,7 +96,8 @@ def main(argv=None) -> int:
         q, k, v, C_rot, B_rot, g, lam = make_cache(args.batch, T, args.heads, args.kv_heads, args.d_head,
                                                    args.d_state, dtype, device, gen)
         with torch.no_grad():
-            out = cached_attention(q, k, v, C_rot, B_rot, g, lam)
+            sisa_step, plain_step = decode_steps(q, k, v, C_rot, B_rot, g, lam)
+            out = sisa_step()
             ref = naive_attention(*(x.double() for x in (q[:1], k[:1], v[:1], C_rot[:1], B_rot[:1], g[:1], lam)))
             err = ((out[:1].double() - ref).abs().max() / ref.abs().max()).item()
             row = dict(cache_len=T, batch=args.batch, heads=args.heads, kv_heads=args.kv_heads, d_head=args.d_head,
@@ -73,10 +105,10 @@ def main(argv=None) -> int:
             if err > TOL[dtype]:
                 row.update(status="mismatch", sisa_ms=None, plain_ms=None, ratio=None)
             else:
-                sisa_ms = measure_ms(lambda: cached_attention(q, k, v, C_rot, B_rot, g, lam), device,
-                                     5.0 if device.type == "cuda" else 0.0, 25.0 if device.type == "cuda" else 60.0)[0]
-                plain_ms = measure_ms(lambda: plain_decode(q, k, v), device,
-                                      5.0 if device.type == "cuda" else 0.0, 25.0 if device.type == "cuda" else 60.0)[0]
+                sisa_ms = measure_ms(sisa_step, device, 5.0 if device.type == "cuda" else 0.0,
+                                     25.0 if device.type == "cuda" else 60.0)[0]
+                plain_ms = measure_ms(plain_step, device, 5.0 if device.type == "cuda" else 0.0,
+                                      25.0 if device.type == "cuda" else 60.0)[0]
                 row.update(status="ok", sisa_ms=sisa_ms, plain_ms=plain_ms, ratio=sisa_ms / plain_ms)
         rows.append(row)
         print(f"[{i}/{len(lens)}] T={T}: {row['status']}"

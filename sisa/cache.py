@@ -5,13 +5,23 @@ float32 g (b, T, h) of every past token, plus the running scan state
 (g_last (b, h), phi_last (b, h, n/2)). New tokens continue the scan from that state
 and attend over the cache with the exact SISA score: the decay is the difference
 g_i - g_j of stored cumulative log-decays, never a clamped factorisation.
+
+Where the Triton decode kernel does not run (a CPU), the cache also keeps Khat and
+the padded v in the heads-first layout stock SDPA wants, extended by the new rows
+at each step, so a step copies O(s) rows instead of rebuilding O(T) (see
+``_widened_attention``).
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from . import backends
-from .sdpa import sdpa_attention
+from .naive import state_dtype
+from .sdpa import DECAY_BUDGET, fill_wide, sdpa_attention
 
 
 class LayerCache:
@@ -23,6 +33,7 @@ class LayerCache:
         self.length = 0
         self.state = None            # (g_last, phi_last) of the scan, or None before the first step
         self._buf: dict[str, torch.Tensor] = {}
+        self.wide = None             # the stock-SDPA decode's Khat / padded v (see _widened_attention)
 
     def append(self, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
         """Append (b, s, ...) tensors; return views of everything cached so far (b, T, ...)."""
@@ -41,13 +52,79 @@ class LayerCache:
         return {name: buf[:, :need] for name, buf in self._buf.items()}
 
 
-def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None):
+def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=None):
     """SISA attention of s new queries over T cached keys (the queries are the last s).
 
     q (b, s, h, d); k, v (b, T, hk, d); C_rot (b, s, h, n); B_rot (b, T, h, n);
     g (b, T, h) float32; lam (h,). Returns (b, s, h, d). Uses the Triton decode
-    kernel on CUDA when available, the exact stock-SDPA path elsewhere.
+    kernel on CUDA when available, elsewhere stock SDPA: over the widened keys that
+    ``cache`` (the LayerCache holding k, v, B_rot, g) extends step by step, or, when
+    that cannot be used (no cache, autograd recording, a non-finite value, a decay
+    span past the dtype's budget within one step), rebuilt in full by the exact
+    chunked path of ``sisa.sdpa``.
     """
     if q.is_cuda and backends.triton_unavailable_reason(q.device) is None:
         return backends.kernel("decode").sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale)
-    return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    inputs = (q, k, v, C_rot, B_rot, g, lam)
+    recorded = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+    if cache is not None and not recorded and not torch.compiler.is_compiling():
+        out = _widened_attention(cache, *inputs, scale)
+        if out is not None:
+            return out
+    return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale)
+
+
+def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
+    """One stock-SDPA call over cache.wide, after appending the rows not yet in it.
+
+    Khat row j holds [k_j, exp(c0 - g_j) Br_j] and the query [q_i, (lam / scale)
+    exp(g_i - c0) Cr_i], so scale * Qhat_i.Khat_j is the exact score for any
+    reference c0 (b, 1, h). Both factors stay within exp(budget): when the newest
+    g falls more than the budget below c0, c0 moves to it and the stored rows'
+    factors are multiplied by exp(c0_new - c0_old) <= 1 (an O(T) pass once per
+    budget / decay tokens). Returns None (the caller rebuilds in full) when a new
+    value is non-finite (and from then on) or the new queries alone span more than
+    the budget.
+    """
+    b, s, h, d = q.shape
+    T, n = k.shape[1], C_rot.shape[-1]
+    sd, budget = state_dtype(q.dtype), DECAY_BUDGET[q.dtype]
+    g = g.to(sd)
+    w = cache.wide
+    if w is None or w["rows"] > T or w["khat"].dtype != q.dtype or w["khat"].shape[-1] != d + n:
+        if w is not None and w.get("off"):
+            return None
+        w = cache.wide = {"rows": 0, "c0": g[:, T - 1 : T].clone(), "khat": q.new_empty(b, h, 0, d + n),
+                          "vhat": q.new_empty(b, h, 0, d + n)}
+    if w.get("off"):
+        return None
+    new = g[:, w["rows"] :]
+    if float((w["c0"] - new).amax()) > budget:                    # rebase on the newest g
+        c0 = g[:, T - 1 : T]
+        rescale = torch.exp(c0 - w["c0"]).transpose(1, 2)[..., None].to(q.dtype)   # (b, h, 1, 1) <= 1
+        w["khat"][:, :, : w["rows"], d:] *= rescale
+        w["c0"] = c0.clone()
+    key_span = float((w["c0"] - new).amax())                     # the largest new key exponent
+    if key_span > budget or float((g[:, T - s :] - w["c0"]).abs().amax()) > budget:
+        return None                                               # the new rows alone span too much
+    if w["khat"].shape[2] < T:                                    # grow by doubling
+        cap = max(T, 2 * w["khat"].shape[2], cache.capacity)
+        for name in ("khat", "vhat"):
+            grown = q.new_empty(b, h, cap, d + n)
+            grown[:, :, : w["rows"]] = w[name][:, :, : w["rows"]]
+            w[name] = grown
+    r0, sums = w["rows"], []
+    bk = B_rot[:, r0:T].to(sd) * torch.exp(w["c0"] - g[:, r0:T])[..., None]
+    fill_wide(w["khat"][:, :, r0:T], [k[:, r0:T], bk], sums)
+    fill_wide(w["vhat"][:, :, r0:T], [v[:, r0:T]], sums)
+    cq = C_rot.to(sd) * (torch.exp(g[:, T - s :] - w["c0"]) * (lam.to(sd) / scale))[..., None]
+    qhat = fill_wide(q.new_empty(b, h, s, d + n), [q, cq], sums)
+    if not bool(torch.isfinite(sum(sums))):
+        w["off"] = True                                           # the exact path handles NaN rows
+        return None
+    w["rows"] = T
+    mask = None if s == 1 else causal_lower_right(s, T)
+    o = F.scaled_dot_product_attention(qhat, w["khat"][:, :, :T], w["vhat"][:, :, :T], attn_mask=mask,
+                                       scale=scale)
+    return o[..., :d].transpose(1, 2)

@@ -151,7 +151,7 @@ class SISAAttention(nn.Module):
         past = cache.append(k=k, v=v, B_rot=B_rot, g=g)
         if prefill:  # the prompt: the ordinary fast path
             return attention_from_scan(q, k, v, C_rot, B_rot, g, self.lam(), backend=self.backend)
-        return cached_attention(q, past["k"], past["v"], C_rot, past["B_rot"], past["g"], self.lam())
+        return cached_attention(q, past["k"], past["v"], C_rot, past["B_rot"], past["g"], self.lam(), cache=cache)
 
     def _forward_plain(self, q, k, v, cache, cu_seqlens):
         rep = self.n_heads // self.n_kv_heads

@@ -107,15 +107,13 @@ def _reusable(*tensors) -> bool:
     return tensors[0].device.type == "cpu" and not recorded and not torch.compiler.is_compiling()
 
 
-def _widen(parts, width, heads, slot=None, sums=None):
-    """(b, t, h_i, w_i) pieces -> one (b, heads, t, width) contiguous tensor,
-    zero-padded: a single copy that also gives SDPA the heads-first layout it runs
-    fastest on. A piece with fewer heads (GQA) is broadcast across its group.
-    sums: a list that gets each piece's sum (see _all_finite), taken just before
-    the copy: the sum streams the piece into cache, so the transposing copy reads
-    it from there and the two together cost about what the copy alone would."""
-    b, t = parts[0].shape[:2]
-    out = _empty((b, heads, t, width), parts[0], slot)
+def fill_wide(out, parts, sums=None):
+    """Write (b, t, h_i, w_i) pieces side by side into out (b, heads, t, width) and
+    zero the columns after them. A piece with fewer heads (GQA) is broadcast across
+    its group. sums: a list that gets each piece's sum (see _all_finite), taken just
+    before the copy: the sum streams the piece into cache, so the transposing copy
+    reads it from there and the two together cost about what the copy alone would."""
+    heads, width = out.shape[1], out.shape[-1]
     start = 0
     for p in parts:
         if sums is not None:
@@ -127,6 +125,14 @@ def _widen(parts, width, heads, slot=None, sums=None):
     if start < width:
         out[..., start:].zero_()
     return out
+
+
+def _widen(parts, width, heads, slot=None, sums=None):
+    """(b, t, h_i, w_i) pieces -> one (b, heads, t, width) contiguous tensor (see
+    fill_wide): a single copy that also gives SDPA the heads-first layout it runs
+    fastest on. slot: build in that workspace buffer (see _empty)."""
+    b, t = parts[0].shape[:2]
+    return fill_wide(_empty((b, heads, t, width), parts[0], slot), parts, sums)
 
 
 def _augment_torch(q, k, C, B, g, s, m0, m1, width, phi=None, phasor=None, reuse=False, sums=None):

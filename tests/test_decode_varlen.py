@@ -70,6 +70,75 @@ def test_sdpa_with_fewer_queries_than_keys_matches_naive(s, decay, dtype):
     assert err <= DECODE_TOL[dtype] * (1 + ref.abs().max().item()), f"err {err:.3g}"
 
 
+def _decode_inputs(T, dtype, decay, seed=0, h=4, hk=2, d=16, n=8):
+    """k, v, C_rot, B_rot, g, lam and q for T positions (q, C_rot for every position)."""
+    from sisa.naive import naive_scan
+    x = make_inputs(Case(1, T, h, hk, d, n, decay=decay), torch.float64, DEVICE, seed=seed)
+    C_rot, B_rot, g, _ = naive_scan(x["C"], x["B"], x["log_alpha"], x["theta"])
+    return x["q"], x["k"], x["v"], C_rot, B_rot, g, x["lam"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("step", [1, 3])
+def test_widened_cache_decode_matches_naive(dtype, step):
+    """Decoding token by token (or 3 at a time) through the cache's widened keys, with
+    a decay of ~1.5 nats per token so that the reference c0 moves many times (budget
+    40 nats in fp32, 6 in fp16): every step equals the float64 scores."""
+    from sisa.cache import cached_attention
+    from sisa.naive import naive_attention
+    T = 90
+    q, k, v, C_rot, B_rot, g, lam = _decode_inputs(T, dtype, decay=1.5)
+    state = torch.float64 if dtype == torch.float64 else torch.float32
+    cache, rebases, c0 = LayerCache(), 0, None
+    with torch.no_grad():
+        for t0 in range(0, T, step):
+            t1 = min(t0 + step, T)
+            past = cache.append(k=k[:, t0:t1].to(dtype), v=v[:, t0:t1].to(dtype), B_rot=B_rot[:, t0:t1].to(dtype),
+                                g=g[:, t0:t1].to(state))
+            out = cached_attention(q[:, t0:t1].to(dtype), past["k"], past["v"], C_rot[:, t0:t1].to(dtype),
+                                   past["B_rot"], past["g"], lam.to(state), cache=cache)
+            ref = naive_attention(q[:, t0:t1], k[:, :t1], v[:, :t1], C_rot[:, t0:t1], B_rot[:, :t1], g[:, :t1], lam)
+            err = (out.double() - ref).abs().max().item()
+            assert err <= DECODE_TOL[dtype] * (1 + ref.abs().max().item()), f"t={t1}: err {err:.3g}"
+            if c0 is not None and not torch.equal(cache.wide["c0"], c0):
+                rebases += 1
+            c0 = cache.wide["c0"].clone()
+    assert cache.wide["rows"] == T
+    if dtype != torch.float64:
+        assert rebases >= 2, rebases
+
+
+def test_widened_cache_hands_nan_to_the_exact_path():
+    """A NaN key at position 5: rows >= 5 are NaN, earlier rows stay exact, and the
+    cache stops extending its widened keys."""
+    from sisa.cache import cached_attention
+    q, k, v, C_rot, B_rot, g, lam = _decode_inputs(12, torch.float32, decay=0.1)
+    k = k.clone()
+    k[0, 5, 1, 3] = float("nan")                   # kv head 1: query heads 2 and 3
+    cache, outs = LayerCache(), []
+    with torch.no_grad():
+        for t in range(12):
+            past = cache.append(k=k[:, t : t + 1].float(), v=v[:, t : t + 1].float(),
+                                B_rot=B_rot[:, t : t + 1].float(), g=g[:, t : t + 1].float())
+            outs.append(cached_attention(q[:, t : t + 1].float(), past["k"], past["v"],
+                                         C_rot[:, t : t + 1].float(), past["B_rot"], past["g"], lam.float(),
+                                         cache=cache))
+    out = torch.cat(outs, dim=1)
+    assert torch.isfinite(out[:, :5]).all() and torch.isnan(out[:, 5:, 2:]).all()
+    assert cache.wide.get("off")
+
+
+def test_widened_cache_is_not_used_under_autograd():
+    from sisa.cache import cached_attention
+    q, k, v, C_rot, B_rot, g, lam = _decode_inputs(6, torch.float32, decay=0.1)
+    cache = LayerCache()
+    past = cache.append(k=k, v=v, B_rot=B_rot, g=g)
+    qq = q[:, -1:].clone().requires_grad_()
+    out = cached_attention(qq, past["k"], past["v"], C_rot[:, -1:], past["B_rot"], past["g"], lam, cache=cache)
+    out.sum().backward()
+    assert cache.wide is None and qq.grad is not None
+
+
 def test_sampling_respects_top_k_and_generator():
     model = tiny_model(dtype=torch.float32)
     ids = torch.randint(0, 61, (2, 4), device=DEVICE)
