@@ -100,13 +100,17 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
     if w.get("off"):
         return None
     new = g[:, w["rows"] :]
-    if float((w["c0"] - new).amax()) > budget:                    # rebase on the newest g
+
+    def spans():     # the largest new key exponent c0 - g_j and query exponent |g_i - c0|: one sync
+        return torch.stack(((w["c0"] - new).amax(), (g[:, T - s :] - w["c0"]).abs().amax())).tolist()
+    key_span, query_span = spans()
+    if key_span > budget:                                         # rebase on the newest g
         c0 = g[:, T - 1 : T]
         rescale = torch.exp(c0 - w["c0"]).transpose(1, 2)[..., None].to(q.dtype)   # (b, h, 1, 1) <= 1
         w["khat"][:, :, : w["rows"], d:] *= rescale
         w["c0"] = c0.clone()
-    key_span = float((w["c0"] - new).amax())                     # the largest new key exponent
-    if key_span > budget or float((g[:, T - s :] - w["c0"]).abs().amax()) > budget:
+        key_span, query_span = spans()
+    if key_span > budget or query_span > budget:
         return None                                               # the new rows alone span too much
     if w["khat"].shape[2] < T:                                    # grow by doubling
         cap = max(T, 2 * w["khat"].shape[2], cache.capacity)
