@@ -9,7 +9,7 @@ g_i - g_j of stored cumulative log-decays, never a clamped factorisation.
 Where the Triton decode kernel does not run (a CPU), the cache also keeps Khat and
 the padded v in the heads-first layout stock SDPA wants, extended by the new rows
 at each step, so a step copies O(s) rows instead of rebuilding O(T) (see
-``_widened_attention``).
+``_widened_attention``). That roughly doubles the cache's memory on a CPU.
 """
 from __future__ import annotations
 
