@@ -158,7 +158,8 @@ class SISAAttention(nn.Module):
         if cache is not None:
             past = cache.append(k=k, v=v)
             k, v = past["k"], past["v"]
-        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
         if cu_seqlens is None:
             return _plain_attention(q, k, v)
         segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
