@@ -71,9 +71,11 @@ def test_sdpa_with_fewer_queries_than_keys_matches_naive(s, decay, dtype):
 
 
 def _decode_inputs(T, dtype, decay, seed=0, h=4, hk=2, d=16, n=8):
-    """k, v, C_rot, B_rot, g, lam and q for T positions (q, C_rot for every position)."""
+    """q, k, v, C_rot, B_rot, g, lam for T positions (q, C_rot for every position), on
+    the CPU: the widened cache serves decoding where the Triton decode kernel does not
+    (tests/test_decode_kernel.py covers that one)."""
     from sisa.naive import naive_scan
-    x = make_inputs(Case(1, T, h, hk, d, n, decay=decay), torch.float64, DEVICE, seed=seed)
+    x = make_inputs(Case(1, T, h, hk, d, n, decay=decay), torch.float64, "cpu", seed=seed)
     C_rot, B_rot, g, _ = naive_scan(x["C"], x["B"], x["log_alpha"], x["theta"])
     return x["q"], x["k"], x["v"], C_rot, B_rot, g, x["lam"]
 
