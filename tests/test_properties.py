@@ -92,7 +92,7 @@ def check(p, backends, grads):
         out, out_g = run(lambda *a: sisa.sisa_attention(*a, backend=bk), x, p["layout"])
         assert out.shape == x["q"].shape and out.dtype == p["dtype"], bk
         assert err(out, ref) <= fwd_tol, f"{bk} forward {err(out, ref):.3g} > {fwd_tol:.3g} on {p}"
-        if grads:   # inference builds in reused buffers (sdpa on a CPU): the same numbers
+        if grads and bk == "sdpa":   # inference builds in reused buffers (on a CPU): the same numbers
             with torch.no_grad():
                 inference = sisa.sisa_attention(*(relayout(x[k], p["layout"]) for k in NAMES), backend=bk)
             assert torch.equal(inference, out), f"{bk}: no_grad forward differs on {p}"
