@@ -74,8 +74,8 @@ class _Workspace(threading.local):
     that autograd does not record. Fresh multi-megabyte CPU allocations are costly
     to first touch: at t=2048, 8 heads, d=64, n=16, fp32, with each call following
     a plain SDPA call, the forward costs 1.25x plain SDPA with reuse and 1.40x
-    without. A buffer is kept only up to WORKSPACE_BYTES, so long sequences
-    allocate as usual."""
+    without. A buffer is kept only up to WORKSPACE_BYTES (three per thread at
+    most), so long sequences allocate as usual; release_workspace frees them."""
 
     def __init__(self):
         self.buffers = {}
@@ -83,6 +83,11 @@ class _Workspace(threading.local):
 
 WORKSPACE_BYTES = 32 << 20
 _workspace = _Workspace()
+
+
+def release_workspace() -> None:
+    """Free this thread's reused CPU buffers (they come back on the next no-grad call)."""
+    _workspace.buffers.clear()
 
 
 def _empty(shape, like, slot):

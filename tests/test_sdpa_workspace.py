@@ -41,6 +41,8 @@ def test_earlier_outputs_survive_later_calls():
     assert torch.equal(o1, kept)
     for o, x in ((o1, x1), (o2, x2)):
         assert (o.double() - exact(x)).abs().max() < 1e-5
+    sdpa.release_workspace()
+    assert not sdpa._workspace.buffers
 
 
 def test_shape_and_dtype_changes_reuse_safely():
