@@ -203,10 +203,11 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
 
     phi: (b, t, h, n/2) cumulative angles. When given, C_rot and B_rot are the
     unrotated C and B and the rotation happens inside the Qhat/Khat build (the
-    CPU path: one complex multiply per side instead of a separate scan pass).
+    CPU path: one complex multiply per side instead of a separate scan pass); it
+    needs s = t.
     fused_augment: build Qhat/Khat with the Triton epilogue when the whole sequence
-    is one chunk and phi is None (default: where ``fused_augment_available``).
-    Returns (b, t, h, d) in q's dtype.
+    is one chunk, s = t and phi is None (default: where ``fused_augment_available``).
+    Returns (b, s, h, d) in q's dtype.
     """
     b, sq, h, d = q.shape
     t = k.shape[1]
