@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ATTENTION = r"""
 import triton
@@ -66,6 +67,8 @@ for fn, ptrs in PTRS.items():
 
 @pytest.mark.parametrize("which", ["attention", "scan-augment-decode"])
 def test_compiles_for_hopper(which):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the kernel tests compile and run every kernel for it")
     pytest.importorskip("triton.backends.nvidia", reason="Triton built without the NVIDIA backend")
     script = ATTENTION if which == "attention" else OTHERS
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
