@@ -17,11 +17,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from . import backends
 from .naive import state_dtype
-from .sdpa import DECAY_BUDGET, fill_wide, sdpa_attention
+from .sdpa import DECAY_BUDGET, all_finite, causal_args, fill_wide, sdpa_attention
 
 
 class LayerCache:
@@ -124,11 +123,11 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
     fill_wide(w["vhat"][:, :, r0:T], [v[:, r0:T]], sums)
     cq = C_rot.to(sd) * (torch.exp(g[:, T - s :] - w["c0"]) * (lam.to(sd) / scale))[..., None]
     qhat = fill_wide(q.new_empty(b, h, s, d + n), [q, cq], sums)
-    if not bool(torch.isfinite(sum(sums))):
+    if not all_finite(sums):
         w["off"] = True                                           # the exact path handles NaN rows
         return None
     w["rows"] = T
-    mask = None if s == 1 else causal_lower_right(s, T)
+    mask, causal = causal_args(T - s, T)
     o = F.scaled_dot_product_attention(qhat, w["khat"][:, :, :T], w["vhat"][:, :, :T], attn_mask=mask,
-                                       scale=scale)
+                                       is_causal=causal, scale=scale)
     return o[..., :d].transpose(1, 2)

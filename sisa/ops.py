@@ -111,8 +111,7 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         return q.new_empty(q.shape)
     if backend == "sdpa" and not fused_augment_available(q):   # the rotation folds into the Qhat/Khat build
         g, phi = scan_state(log_alpha, theta, state_dtype(q.dtype))
-        scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        return sdpa_attention(q, k, v, C, B, g, lam, scale, phi=phi)
+        return sdpa_attention(q, k, v, C, B, g, lam, softmax_scale, phi=phi)
     scan_backend = backend if backend in ("naive", "triton") else "auto"   # sdpa: the fused scan on CUDA
     C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend=scan_backend, check_inputs=False)
     return attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=softmax_scale, backend=backend)

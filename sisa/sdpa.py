@@ -115,7 +115,7 @@ def _reusable(*tensors) -> bool:
 def fill_wide(out, parts, sums=None):
     """Write (b, t, h_i, w_i) pieces side by side into out (b, heads, t, width) and
     zero the columns after them. A piece with fewer heads (GQA) is broadcast across
-    its group. sums: a list that gets each piece's sum (see _all_finite), taken just
+    its group. sums: a list that gets each piece's sum (see all_finite), taken just
     before the copy: the sum streams the piece into cache, so the transposing copy
     reads it from there and the two together cost about what the copy alone would."""
     heads, width = out.shape[1], out.shape[-1]
@@ -172,11 +172,22 @@ def _augment_fused(q, k, C_rot, B_rot, g, lam, scale, width):
     return _heads_first(qhat), _heads_first(khat)
 
 
-def _all_finite(sums) -> bool:
+def all_finite(sums) -> bool:
     """Whether every summed element was finite, with one host sync: a NaN or inf
     anywhere makes its sum non-finite (a finite sum that overflows only sends the
     call down the exact row-wise path of _nan_rows)."""
     return bool(torch.isfinite(sum(sums)))
+
+
+def causal_args(m0, m1):
+    """(attn_mask, is_causal) for SDPA when queries [m0, m1) attend keys [0, m1):
+    square causal from the first position, none for a single query (it sees every
+    key), a lower-right causal mask otherwise."""
+    if m0 == 0:
+        return None, True
+    if m1 - m0 == 1:
+        return None, False
+    return causal_lower_right(m1 - m0, m1), False
 
 
 def _nan_rows(qhat, khat, vhat, m0):
@@ -236,13 +247,8 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
             sums += [qhat.detach().sum(dtype=sd), khat.detach().sum(dtype=sd)]
         else:
             qhat, khat = _augment_torch(q, k, C_rot, B_rot, g, s, m0, m1, width, phi, phasor, reuse, sums)
-        finite = _all_finite(sums)      # before SDPA: on CUDA the sync then waits only for the build
-        if m0 == 0:
-            mask, causal = None, True
-        elif m1 - m0 == 1:                                        # one query: it sees every key
-            mask, causal = None, False
-        else:
-            mask, causal = causal_lower_right(m1 - m0, m1), False
+        finite = all_finite(sums)      # before SDPA: on CUDA the sync then waits only for the build
+        mask, causal = causal_args(m0, m1)
         o = F.scaled_dot_product_attention(qhat, khat, vpad[:, :, :m1], attn_mask=mask,
                                            is_causal=causal, scale=scale)[..., :d]
         outs.append(o if finite else o + _nan_rows(qhat, khat, vpad[:, :, :m1], m0))
