@@ -48,6 +48,8 @@ def triton_unavailable_reason(device) -> str | None:
         return "Triton runs on the CPU only under TRITON_INTERPRET=1"
     if device.type not in ("cpu", "cuda"):
         return f"no Triton kernels for device type {device.type!r}"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available to this process"
     for module in ("scan", "attention_op", "decode"):
         mod, reason = _load(module)
         if mod is None:

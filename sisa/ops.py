@@ -1,6 +1,6 @@
 """The public functional ops: validation, then dispatch to a backend.
 
-Layout is flash-attn's (batch, seqlen, heads, dim); see SPEC.md section 1.
+Layout is flash-attn's (batch, seqlen, heads, dim); see docs/design.md section 1.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import torch
 
 from . import backends
-from ._checks import check_attention_inputs, check_scan_inputs
+from ._checks import check_attention_inputs, check_scan_inputs, check_softmax_scale
 from .naive import naive_attention, naive_scan, scan_state, state_dtype
 from .sdpa import fused_augment_available, sdpa_attention
 from .varlen import check_cu_seqlens
@@ -28,7 +28,8 @@ def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="
         backend: "naive" (PyTorch ops), "triton" (fused kernel) or "auto".
         cu_seqlens: optional int32 (n_seqs + 1,) for packed inputs (b = 1): the scan
             restarts at every sequence start.
-        check_inputs: validate values too (log_alpha <= 0; one host sync).
+        check_inputs: validate values too (log_alpha <= 0, its total along t above
+            -1e30, g0 finite; one host sync).
     Returns:
         (C_rot (b, t, h, n) in C's dtype, B_rot (b, t, h, n), g (b, t, h) float32
         (float64 for float64 inputs), final_state (g_last, phi_last)) with g_last
@@ -46,8 +47,9 @@ def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="
 
 
 def _packed_scan(C, B, log_alpha, theta, initial_state, backend, cu_seqlens, check_inputs):
-    check_scan_inputs(C, B, log_alpha, theta, None, check_values=check_inputs)
+    check_scan_inputs(C, B, log_alpha, theta, None, check_values=False)   # shapes first
     segments = check_cu_seqlens(cu_seqlens, C.shape[1], C.shape[0])
+    check_scan_inputs(C, B, log_alpha, theta, initial_state, check_values=check_inputs, n_seqs=len(segments))
     outs, g_last, phi_last = [], [], []
     for s, (a, b) in enumerate(segments):
         state = None if initial_state is None else (initial_state[0][s:s + 1], initial_state[1][s:s + 1])
@@ -89,18 +91,29 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         q: (b, t, h, d), positional RoPE already applied.
         k, v: (b, t, hk, d), hk divides h (GQA / MQA when hk < h).
         C, B: (b, t, h, n); log_alpha: (b, t, h), <= 0; theta: (b, t, h, n/2);
-        lam: (h,), > 0.
-        softmax_scale: defaults to 1/sqrt(d) (the content head dim).
+        lam: (h,), > 0 and finite.
+        softmax_scale: a finite number > 0; defaults to 1/sqrt(d) (the content head dim).
         backend: "naive" (explicit t x t scores), "sdpa" (stock SDPA, exact at any
             decay), "triton" (fused kernels) or "auto" (triton on CUDA, else sdpa).
         cu_seqlens: optional int32 (n_seqs + 1,) for packed inputs (b = 1): no token
             attends across a sequence boundary and g, Phi restart at each start.
-        check_inputs: also check values (log_alpha <= 0, lam > 0; one host sync).
+        check_inputs: also check values (log_alpha <= 0 and its total along t above
+            -1e30, lam > 0 and finite; one host sync). NaN in any input is not an
+            error: it gives NaN exactly where the maths does, on every backend.
+    q, k, v, C and B share one dtype (float16, bfloat16, float32 or float64);
+    log_alpha, theta and lam may have any of these (they are used in float32,
+    float64 for float64 inputs).
     Returns:
         (b, t, h, d) in q's dtype. Differentiable in all eight inputs.
     """
-    check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=check_inputs)
+    v_finite = check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=check_inputs,
+                                      softmax_scale=softmax_scale)
+    softmax_scale = check_softmax_scale(softmax_scale)              # a float (or None) from here on
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
+    if backend == "triton" and v_finite is False:
+        # An inf in v: the kernel's diagonal tiles would multiply it by the 0 weight of
+        # masked rows (NaN); sdpa's exact row-wise path keeps those rows as the maths has them.
+        backend = "sdpa"
     if cu_seqlens is not None:
         segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
         outs = [sisa_attention(*(x[:, a:b] for x in (q, k, v, C, B, log_alpha, theta)), lam,

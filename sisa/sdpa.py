@@ -29,10 +29,10 @@ import threading
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from . import backends
-from .naive import naive_scan, rotate_pairs, state_dtype, unit_phasor
+from ._checks import check_attention_inputs
+from .naive import naive_attention, naive_scan, rotate_pairs, state_dtype, unit_phasor
 
 # Largest decay (nats) allowed inside one query chunk. The query factor is at most
 # exp(budget) and must stay far from the dtype's maximum after multiplying C_rot;
@@ -175,7 +175,7 @@ def _augment_fused(q, k, C_rot, B_rot, g, lam, scale, width):
 def all_finite(sums) -> bool:
     """Whether every summed element was finite, with one host sync: a NaN or inf
     anywhere makes its sum non-finite (a finite sum that overflows only sends the
-    call down the exact row-wise path of _nan_rows)."""
+    call down the exact row-wise path of _exact_rows)."""
     return bool(torch.isfinite(sum(sums)))
 
 
@@ -187,17 +187,29 @@ def causal_args(m0, m1):
         return None, True
     if m1 - m0 == 1:
         return None, False
+    from torch.nn.attention.bias import causal_lower_right   # here: it imports torch._dynamo (seconds)
     return causal_lower_right(m1 - m0, m1), False
 
 
-def _nan_rows(qhat, khat, vhat, m0):
-    """A (b, h, m1 - m0, 1) term that is NaN exactly where the naive path's output
-    is non-finite (a non-finite query row, or a non-finite key/value at or before
-    the row; PyTorch's fused kernel may return 0 there) and 0 elsewhere."""
-    with torch.no_grad():
-        bad_keys = ~(torch.isfinite(khat).all(-1) & torch.isfinite(vhat).all(-1))
-        bad = ~torch.isfinite(qhat).all(-1) | (bad_keys.cumsum(-1)[..., m0:] > 0)
-        return torch.zeros_like(qhat[..., :1]).masked_fill(bad[..., None], float("nan"))
+EXACT_ROWS = 128     # query rows per explicit-score block of the non-finite fallback
+
+
+def _exact_rows(q, k, v, C, B, g, lam, scale, m0, m1, phi=None):
+    """Heads-first (b, h, m1 - m0, d) output of query positions [m0, m1) by the naive
+    path's explicit scores, EXACT_ROWS rows at a time: for chunks that hold a NaN or
+    inf, whose positions only the maths as written gets right (stock SDPA may give 0
+    for a NaN row, and NaN for a whole row where one value is inf). Arguments as in
+    sdpa_attention (C, B unrotated when phi is given); memory O(EXACT_ROWS * m1)."""
+    off = k.shape[1] - q.shape[1]
+    outs = []
+    for r0 in range(m0, m1, EXACT_ROWS):
+        r1 = min(r0 + EXACT_ROWS, m1)
+        cr, br = C[:, r0 - off:r1 - off], B[:, :r1]
+        if phi is not None:
+            cr, br = rotate_pairs(cr, phi[:, r0:r1]), rotate_pairs(br, phi[:, :r1])
+        o = naive_attention(q[:, r0 - off:r1 - off], k[:, :r1], v[:, :r1], cr, br, g[:, :r1], lam, scale)
+        outs.append(_heads_first(o))
+    return torch.cat(outs, dim=2)
 
 
 def fused_augment_available(q) -> bool:
@@ -247,11 +259,12 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
             sums += [qhat.detach().sum(dtype=sd), khat.detach().sum(dtype=sd)]
         else:
             qhat, khat = _augment_torch(q, k, C_rot, B_rot, g, s, m0, m1, width, phi, phasor, reuse, sums)
-        finite = all_finite(sums)      # before SDPA: on CUDA the sync then waits only for the build
+        if not all_finite(sums):       # a NaN or inf somewhere: the maths as written (rare)
+            outs.append(_exact_rows(q, k, v, C_rot, B_rot, g, lam, scale, m0, m1, phi))
+            continue
         mask, causal = causal_args(m0, m1)
-        o = F.scaled_dot_product_attention(qhat, khat, vpad[:, :, :m1], attn_mask=mask,
-                                           is_causal=causal, scale=scale)[..., :d]
-        outs.append(o if finite else o + _nan_rows(qhat, khat, vpad[:, :, :m1], m0))
+        outs.append(F.scaled_dot_product_attention(qhat, khat, vpad[:, :, :m1], attn_mask=mask,
+                                                   is_causal=causal, scale=scale)[..., :d])
     if not outs:
         return q.new_empty(b, sq, h, d)
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).transpose(1, 2)
@@ -259,7 +272,7 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
 
 def paper_sdpa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None,
                          clamp=11.0, sdpa_backend=None):
-    """The paper's single-call realisation (SPEC.md section 3), kept as a baseline.
+    """The paper's single-call realisation (docs/design.md section 3), kept as a baseline.
 
     Midpoint offset c per (batch, head), ``g - c`` clamped to [-clamp, clamp]
     (pass clamp=None for none: then it overflows instead), v left d wide, so SDPA
@@ -267,6 +280,7 @@ def paper_sdpa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=
     torch.nn.attention.SDPBackend) and its math path on CPU. Not exact once the
     total decay exceeds 2*clamp nats. Returns (b, t, h, d) in q's dtype.
     """
+    check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, softmax_scale=softmax_scale)
     b, t, h, d = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     C_rot, B_rot, g, _ = naive_scan(C, B, log_alpha, theta)

@@ -11,8 +11,8 @@ The decay is taken inside the tile, never factorised over the sequence:
   first row) use exp(g_i - g_j) = exp(g_i - g_m0) * exp(g_m0 - g_j), both <= 1:
   the Cr rows are scaled once per query block (BLOCK_M exps), the Br rows once
   per key block (BLOCK_N exps), then one (BM x n)(n x BN) product;
-- key blocks on the diagonal use exp(min(g_i - g_j, 0)) per element, with the
-  exponent set to 0 where the causal mask removes the entry (no inf * 0);
+- key blocks on the diagonal use exp(min(g_i - g_j, 0)) per element (a min that keeps
+  NaN), with the exponent set to 0 where the causal mask removes the entry (no inf * 0);
 - key blocks above the diagonal are skipped.
 
 Shapes: q (b, t, h, d); k, v (b, t, hk, d); C_rot, B_rot (b, t, h, n);
@@ -90,6 +90,13 @@ def tile_dot(a, b, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def neg_part(x):
+    """min(x, 0) that keeps NaN (tl.minimum may drop it on a GPU): a NaN decay
+    exponent must poison its score, as it does in the maths."""
+    return tl.where(x > 0.0, 0.0, x)
+
+
+@triton.jit
 def load_rows(base, rows, row_ok, s_row, offs_c, col_ok, s_col):
     """Masked (len(rows), len(offs_c)) tile at base + rows * s_row + offs_c * s_col (0 outside)."""
     return tl.load(base + rows[:, None] * s_row + offs_c[None, :] * s_col,
@@ -148,12 +155,12 @@ def key_tile(q, cr, g_i, g_m0, offs_m, n0, k_base, v_base, b_base, g_base,
     g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
     if DIAG:
         keep = (offs_m[:, None] >= offs_j[None, :]) & col_ok[None, :] & (offs_m < T)[:, None]
-        dec = tl.exp(tl.where(keep, tl.minimum(g_i[:, None] - g_j[None, :], 0.0), 0.0))
+        dec = tl.exp(tl.where(keep, neg_part(g_i[:, None] - g_j[None, :]), 0.0))
         x = tile_dot(cr, tl.trans(br), UPCAST) * dec
     else:                     # nothing masked; the decay is folded into cr and br
         keep = True
         dec = 1.0
-        br = (br.to(tl.float32) * tl.exp(tl.minimum(g_m0 - g_j, 0.0))[:, None]).to(br.dtype)
+        br = (br.to(tl.float32) * tl.exp(neg_part(g_m0 - g_j))[:, None]).to(br.dtype)
         x = tile_dot(cr, tl.trans(br), UPCAST)
     s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + x * s_scale
     return k, v, br, dec, keep, x, s
@@ -213,11 +220,11 @@ def _sisa_fwd_kernel(
     v_base = V + bi * sv_b + hk * sv_h
     b_base = BR + bi * sb_b + hi * sb_h
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)   # any finite start fails some scale
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     # Keys j < m0: the query factor exp(g_i - g_m0) <= 1 goes on the Cr rows once.
-    cr_f = (cr.to(tl.float32) * tl.exp(tl.minimum(g_i - g_m0, 0.0))[:, None]).to(cr.dtype)
+    cr_f = (cr.to(tl.float32) * tl.exp(neg_part(g_i - g_m0))[:, None]).to(cr.dtype)
     acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr_f, g_i, g_m0, offs_m, 0, m0,
                                 k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,

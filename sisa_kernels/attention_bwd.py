@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import (block_offsets, interpreting, key_tile, launch, load_rows, logit_scales, padded,
+from .attention import (block_offsets, interpreting, key_tile, launch, load_rows, logit_scales, neg_part, padded,
                         prune_wide, query_rows, tile_dot, upcast_dot)
 
 
@@ -81,11 +81,11 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
         delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
         if DIAG:
             keep = (offs_i[None, :] >= offs_n[:, None]) & row_ok[None, :]
-            dec = tl.exp(tl.where(keep, tl.minimum(g_i[None, :] - g_j[:, None], 0.0), 0.0))
+            dec = tl.exp(tl.where(keep, neg_part(g_i[None, :] - g_j[:, None]), 0.0))
             x_t = tile_dot(br, tl.trans(cr), UPCAST) * dec             # X^T (keys x queries)
         else:
             keep = row_ok[None, :]
-            cr = (cr.to(tl.float32) * tl.exp(tl.minimum(g_i - g_a, 0.0))[:, None]).to(cr.dtype)
+            cr = (cr.to(tl.float32) * tl.exp(neg_part(g_i - g_a))[:, None]).to(cr.dtype)
             x_t = tile_dot(br, tl.trans(cr), UPCAST)
         s_t = tile_dot(k, tl.trans(q), UPCAST) * c_scale + x_t * s_scale
         p_t = tl.where(keep, tl.exp2(s_t - lse[None, :]), 0.0)
@@ -146,7 +146,7 @@ def _sisa_bwd_dkv_kernel(
     # query, >= every key); the key factor exp(g_a - g_j) <= 1 goes on the Br rows once.
     a = tl.minimum(n0 + BLOCK_OUT - 1, T - 1)
     g_a = tl.load(g_base + a.to(tl.int64) * sg_t).to(tl.float32)
-    key_f = tl.exp(tl.minimum(g_a - g_j, 0.0))
+    key_f = tl.exp(neg_part(g_a - g_j))
     br_f = (br.to(tl.float32) * key_f[:, None]).to(br.dtype)
     acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
         acc_dk, acc_dv, acc_db, col_g, k, v, br_f, g_j, g_a, offs_n, n0 + BLOCK_OUT, T,
@@ -241,7 +241,7 @@ def _sisa_bwd_dq_kernel(
     row_g = tl.zeros([BLOCK_OUT], dtype=tl.float32)
 
     # Keys j < m0: the query factor exp(g_i - g_m0) <= 1 goes on the Cr rows once.
-    row_f = tl.exp(tl.minimum(g_i - g_m0, 0.0))
+    row_f = tl.exp(neg_part(g_i - g_m0))
     cr_f = (cr.to(tl.float32) * row_f[:, None]).to(cr.dtype)
     acc_dq, acc_dc, row_g = _dq_blocks(
         acc_dq, acc_dc, row_g, q, do, cr_f, g_i, g_m0, lse, delta, offs_m, 0, m0,

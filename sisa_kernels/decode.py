@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import interpreting
+from .attention import interpreting, neg_part
 
 
 # ----------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def _decode_split_kernel(
                      mask=ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
         g_j = tl.load(g_base + cols * sg_t, mask=ok, other=0.0).to(ACC)
         # exp(min(g_q - g_j, 0)); exponent 0 where masked, so nothing is inf * 0.
-        decay = tl.exp(tl.where(ok, tl.minimum(g_q - g_j, 0.0), 0.0))
+        decay = tl.exp(tl.where(ok, neg_part(g_q - g_j), 0.0))
         s = tl.sum(q[None, :] * k, 1) + decay * tl.sum(cr[None, :] * br, 1)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 0))          # finite: m_i starts at -1e30
