@@ -120,27 +120,28 @@ def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=Tr
     score = content + lam.to(sd)[None, :, None, None] * decay * ssm
     score = score.masked_fill(~causal, float("-inf"))
     p = torch.softmax(score, dim=-1)
-    return weighted_values(p, vv, causal).to(q.dtype)
+    return weighted_values(p, vv, causal, score).to(q.dtype)
 
 
-def weighted_values(p, v, causal):
-    """out[b, i, h] = sum over j <= i of p[b, h, i, j] v[b, j, h]: p (b, h, s, t), v
-    (b, t, h, d), causal (s, t) bool -> (b, s, h, d).
+def weighted_values(p, v, causal, score):
+    """out[b, i, h] = sum over j <= i of p[b, h, i, j] v[b, j, h]: p and score (b, h,
+    s, t), v (b, t, h, d), causal (s, t) bool -> (b, s, h, d).
 
     A masked key contributes nothing even where v is inf or NaN (a plain product
-    would give 0 * inf = NaN in rows before it); a kept one contributes p * v as
-    IEEE arithmetic says (inf where p > 0, NaN where p underflowed to 0)."""
-    if torch.compiler.is_compiling() or bool(torch.isfinite(v).all()):
+    would give 0 * inf = NaN in rows before it). A kept key with a finite score has
+    p > 0 in the maths, even where it underflows to 0, so its inf stays inf; one
+    with score -inf has p = 0 exactly, and 0 * inf is NaN."""
+    if torch.compiler.is_compiling() or v.device.type == "meta" or bool(torch.isfinite(v).all()):
         return torch.einsum("bhij,bjhd->bihd", p, v)
     finite = torch.isfinite(v)
     out = torch.einsum("bhij,bjhd->bihd", p, v.masked_fill(~finite, 0))
 
-    def hits(weights, values):          # whether any kept (weights) key has one of ``values`` (b, s, h, d)
+    def hits(weights, values):          # whether any key in ``weights`` has one of ``values`` (b, s, h, d)
         return torch.einsum("bhij,bjhd->bihd", weights.to(p.dtype), values.to(p.dtype)) > 0
     kept = causal.expand_as(p)
-    live = kept & (p > 0)
+    live = kept & (score > float("-inf"))
     pos, neg = hits(live, v == float("inf")), hits(live, v == float("-inf"))
-    nan = hits(kept, torch.isnan(v)) | hits(kept & (p == 0), torch.isinf(v)) | (pos & neg)
+    nan = hits(kept, torch.isnan(v)) | hits(kept & ~live, torch.isinf(v)) | (pos & neg)
     extra = torch.zeros_like(out).masked_fill(pos, float("inf")).masked_fill(neg, float("-inf"))
     return out + extra.masked_fill(nan, float("nan"))
 

@@ -12,3 +12,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def examples(n: int) -> int:
+    """Hypothesis example count: n in the default ("ci") profile, 20n with
+    SISA_HYPOTHESIS_PROFILE=long (the on-demand deep run)."""
+    return 20 * n if os.environ.get("SISA_HYPOTHESIS_PROFILE") == "long" else n

@@ -1,0 +1,155 @@
+"""The package's central promise, drawn at random: for any input, every backend
+either raises a ValueError/TypeError that names an argument, or agrees with the
+float64 reference (the naive path in float64 on the same values) under
+FlashAttention's tolerance rule, with NaN and +-inf in exactly the same places.
+
+Draws: shapes (including d_state and head dim 0 and odd d_state), dtypes (including
+one input of another dtype), decays from negligible to 50 nats per token, softmax
+scales (tiny, huge, 0, negative, NaN, inf, a string, a bool), and special values
+(NaN, +-inf; -1e38 and -1e4 in log_alpha) planted at random positions of random
+inputs.
+
+Examples per run: the "ci" profile (default) draws enough to cover each kind of
+special value many times; ``SISA_HYPOTHESIS_PROFILE=long`` draws 20x more.
+"""
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, event, given, settings, strategies as st
+
+import sisa
+from sisa.naive import naive_sisa_attention
+from sisa.testing import FLOOR, NAMES
+
+from conftest import DEVICE, examples
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+ARGUMENTS = set(NAMES) | {"softmax_scale", "backend", "d_state", "head_dim", "dtype"}
+SPECIAL = [float("nan"), float("inf"), float("-inf")]
+BACKENDS = sisa.available_backends(DEVICE)
+ON_GPU = DEVICE == "cuda"
+
+
+@st.composite
+def problems(draw):
+    h = draw(st.sampled_from([1, 2, 3]))
+    p = dict(b=draw(st.integers(1, 2)), t=draw(st.integers(1, 24)), h=h,
+             hk=draw(st.sampled_from([x for x in range(1, h + 1) if h % x == 0])),
+             # mostly valid sizes; head dim 0, d_state 0 and odd d_state now and then
+             d=draw(st.sampled_from([1, 5, 8, 16, 24] * 3 + [0])),
+             n=draw(st.sampled_from([2, 4, 6, 8] * 3 + [0, 1, 3])),
+             dtype=draw(st.sampled_from(DTYPES)),
+             decay=draw(st.sampled_from([1e-4, 0.01, 0.3, 2.0, 50.0])),
+             seed=draw(st.integers(0, 2 ** 16)))
+    p["scale"] = draw(st.one_of(st.none(), st.none(), st.floats(1e-2, 1e2),
+                                st.sampled_from([1e30, 0.0, -0.5, math.nan, math.inf, "0.3", True])))
+    p["plant"] = draw(st.lists(st.tuples(st.sampled_from(NAMES), st.integers(0, 10 ** 6),
+                                         st.sampled_from(SPECIAL + [-1e38, -1e4])), max_size=2))
+    if any(name in ("C", "B") and math.isinf(value) for name, _, value in p["plant"]):
+        # inf times a decay that underflowed in float32 (g's dtype; ~exp(-104)) is NaN
+        # where float64 still has inf: the state dtype's range, not a wrong answer.
+        p["decay"] = min(p["decay"], 0.3)
+    p["retype"] = draw(st.one_of(st.none(), st.tuples(st.sampled_from(NAMES), st.sampled_from(DTYPES))))
+    return p
+
+
+def build(p):
+    """The drawn inputs (valid shapes where the draw allows), special values planted."""
+    gen = torch.Generator().manual_seed(p["seed"])
+    b, t, h, hk, d, n = (p[k] for k in ("b", "t", "h", "hk", "d", "n"))
+
+    def rnd(*shape, std=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * std
+
+    x = {"q": rnd(b, t, h, d), "k": rnd(b, t, hk, d), "v": rnd(b, t, hk, d),
+         "C": rnd(b, t, h, n), "B": rnd(b, t, h, n),
+         "log_alpha": -2 * p["decay"] * torch.rand(b, t, h, generator=gen, dtype=torch.float64),
+         "theta": rnd(b, t, h, n // 2, std=0.3), "lam": 0.2 + torch.rand(h, generator=gen, dtype=torch.float64)}
+    side = torch.float64 if p["dtype"] == torch.float64 else torch.float32
+    x = {k: v.to(DEVICE, side if k in ("log_alpha", "lam", "theta") else p["dtype"]) for k, v in x.items()}
+    for name, where, value in p["plant"]:
+        if value in (-1e38, -1e4) and name != "log_alpha":
+            continue        # finite values past a dtype's range elsewhere are that dtype's overflow
+        if x[name].numel():
+            x[name].view(-1)[where % x[name].numel()] = value
+    if p["retype"] is not None:
+        name, dtype = p["retype"]
+        x[name] = x[name].to(dtype)
+    return x
+
+
+def outcome(fn, x, scale):
+    """The output, or the exception (ValueError/TypeError only: anything else fails)."""
+    try:
+        return fn(*(x[k] for k in NAMES), softmax_scale=scale)
+    except (ValueError, TypeError) as exc:
+        return exc
+
+
+def names_an_argument(exc):
+    words = set(re.findall(r"[A-Za-z_]+", str(exc)))
+    return bool(words & ARGUMENTS)
+
+
+def err(a, b, where):
+    return (a.double() - b.double()).abs()[where].max().item() if where.any() else 0.0
+
+
+def agree(out, ref, lows, dtype, what):
+    """Same NaN / +inf / -inf positions; finite entries within 2x PyTorch's own
+    low-precision error (taken where that is finite) plus the dtype's floor."""
+    assert out.shape == ref.shape and out.dtype == dtype, what
+    for name, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        mismatch = test(out) != test(ref)
+        assert not mismatch.any(), (
+            f"{what}: {name} at {mismatch.nonzero()[:4].tolist()} differs from the float64 reference")
+    finite = torch.isfinite(ref)
+    own = max((err(low, ref, finite & torch.isfinite(low)) for low in lows), default=0.0)
+    scale = ref[finite].abs().max().item() if finite.any() else 1.0
+    tol = 2 * own + FLOOR[dtype] * max(1.0, scale)
+    assert err(out, ref, finite) <= tol, f"{what}: error {err(out, ref, finite):.3g} > {tol:.3g}"
+
+
+def check(p, backends):
+    x = build(p)
+    scale = p["scale"]
+    results = {bk: outcome(lambda *a, bk=bk, **kw: sisa.sisa_attention(*a, backend=bk, **kw), x, scale)
+               for bk in backends}
+    for bk, r in results.items():
+        if isinstance(r, Exception):
+            assert names_an_argument(r), f"{bk}: {type(r).__name__} names no argument: {r}"
+    # The kernels are 16/32-bit: float64 inputs are a clear TypeError there, and only there.
+    plain = {bk: r for bk, r in results.items()
+             if not (bk == "triton" and x["q"].dtype == torch.float64 and isinstance(r, TypeError))}
+    raised = {bk: type(r).__name__ for bk, r in plain.items() if isinstance(r, Exception)}
+    if raised:
+        assert len(raised) == len(plain) and len(set(raised.values())) == 1, (
+            f"backends disagree on whether {p} is an error: {plain}")
+        event(f"raised {next(iter(raised.values()))}")
+        return
+    ref = naive_sisa_attention(*(x[k].double() for k in NAMES), softmax_scale=scale)
+    lows = [naive_sisa_attention(*(x[k] for k in NAMES), softmax_scale=scale, upcast=up) for up in (False, True)]
+    for bk, out in plain.items():
+        agree(out, ref, lows, x["q"].dtype, f"{bk} on {p}")
+    event("compared: " + ("non-finite output" if not torch.isfinite(ref).all() else "finite output"))
+
+
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(p=problems())
+def test_reference_backends(p):
+    """naive and sdpa (through the public op) on every drawn input."""
+    check(p, ["naive", "sdpa"])
+
+
+# The CPU interpreter is ~100x slower: fewer examples and no shrinking (a failing
+# example is printed as found).
+@settings(max_examples=examples(300 if ON_GPU else 40), deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=list(Phase) if ON_GPU else [Phase.explicit, Phase.reuse, Phase.generate])
+@given(p=problems())
+def test_all_backends_agree(p):
+    """Every backend available here, triton included, on the same draws."""
+    if "triton" not in BACKENDS:
+        pytest.skip(f"triton unavailable on {DEVICE}: {sisa.backends.triton_unavailable_reason(DEVICE)}")
+    check(p, BACKENDS)
