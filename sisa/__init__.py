@@ -3,7 +3,7 @@
 Functional ops (layout batch, seqlen, heads, dim):
     sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, backend="auto")
     ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="auto")
-Modules: SISAAttention, SISAConfig, SISAModel. See README.md and SPEC.md.
+Modules: SISAAttention, SISAConfig, SISAModel. See README.md and docs/design.md (the maths, the kernels, the validation rules).
 """
 from .backends import available_backends
 from .ops import sisa_attention, ssm_importance_scan

@@ -1,11 +1,11 @@
-"""The paper's augmented queries and keys, built in one pass (SPEC section 3):
+"""The paper's augmented queries and keys, built in one pass (docs/design.md section 3):
 
     Qhat = [q,     s exp(g - c) C_rot, 0 ...]      s = d**0.25 sqrt(lam_h)
     Khat = [k_rep, s exp(c - g) B_rot, 0 ...]      k_rep: k repeated to h heads (GQA)
 
 so that scale Qhat_i . Khat_j = scale q_i . k_j + lam exp(g_i - g_j) Cr_i . Br_j with
 scale = 1/sqrt(d). The offset c (b, h) is the caller's: exp(g - c) is not clamped,
-so c must keep both factors inside the dtype's range (see SPEC section 3.1).
+so c must keep both factors inside the dtype's range (see docs/design.md section 3.1).
 
 Layout: Triton kernels, launchers, custom ops with autograd, public ``augment_qk``.
 Forward: one program per (batch, head, BLOCK_T rows). Backward: one program per
@@ -231,7 +231,7 @@ augment_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def augment_qk(q: torch.Tensor, k: torch.Tensor, C_rot: torch.Tensor, B_rot: torch.Tensor,
                g: torch.Tensor, lam: torch.Tensor, c: torch.Tensor, width: Optional[int] = None):
-    """The paper's augmented Qhat, Khat (SPEC section 3), fused and differentiable.
+    """The paper's augmented Qhat, Khat (docs/design.md section 3), fused and differentiable.
 
     Args:
         q:      (b, t, h, d)      fp32, fp16 or bf16 (k the same dtype)

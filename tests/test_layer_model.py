@@ -1,4 +1,4 @@
-"""Layer, model, converter, parameter groups and presets (SPEC.md section 2).
+"""Layer, model, converter, parameter groups and presets (docs/design.md section 2).
 
 The model is checked against an independent functional implementation of the
 paper's model written here from a paper-named state dict: complex-number rotations
@@ -370,7 +370,7 @@ def test_preset_d_ff_and_shapes(scale, n):
 
 
 def param_count(vocab, dm, h, layers, d_ff, n, use_ssm):
-    """Counted from SPEC.md section 2's shapes, independently of the package."""
+    """Counted from docs/design.md section 2's shapes, independently of the package."""
     per = 4 * dm * dm + 2 * dm + 3 * dm * d_ff
     if use_ssm:
         per += 2 * (h * n) * dm + (h * dm + h) + (h * n // 2) * dm + h
