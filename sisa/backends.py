@@ -50,7 +50,7 @@ def triton_unavailable_reason(device) -> str | None:
         return f"no Triton kernels for device type {device.type!r}"
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device is available to this process"
-    for module in ("scan", "attention_op", "decode"):
+    for module in ("scan", "attention_op", "decode", "augment"):
         mod, reason = _load(module)
         if mod is None:
             return f"sisa_kernels.{module} failed to import ({reason})"

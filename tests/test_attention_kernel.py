@@ -13,10 +13,12 @@ import torch
 
 from sisa.naive import naive_attention
 from sisa.testing import KERNEL_FLOOR, make_scanned
-from sisa_kernels.attention_op import sisa_attn
-from sisa_kernels.attention_ref import sisa_attn_tiles
+from conftest import DEVICE, kernels_or_skip
 
-from conftest import DEVICE
+kernels_or_skip()
+from sisa_kernels.attention_op import sisa_attn  # noqa: E402
+from sisa_kernels.attention_ref import sisa_attn_tiles  # noqa: E402
+
 
 NAMES = ("q", "k", "v", "C_rot", "B_rot", "g", "lam")
 FLOOR = KERNEL_FLOOR

@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICE
-from sisa_kernels.augment import augment_qk
-from sisa_kernels.scan_ref import augment_ref
-from test_scan_kernel import check
+from conftest import DEVICE, kernels_or_skip
+
+kernels_or_skip()
+from sisa_kernels.augment import augment_qk  # noqa: E402
+from sisa_kernels.scan_ref import augment_ref  # noqa: E402
+from test_scan_kernel import check  # noqa: E402
 
 NAMES = ("q", "k", "C_rot", "B_rot", "g", "lam", "c")
 

@@ -12,10 +12,12 @@ import torch
 
 from sisa.naive import naive_attention
 from sisa.testing import KERNEL_FLOOR, make_scanned
-from sisa_kernels.decode import sisa_decode
-from sisa_kernels.decode_ref import sisa_decode_splits
+from conftest import DEVICE, kernels_or_skip
 
-from conftest import DEVICE
+kernels_or_skip()
+from sisa_kernels.decode import sisa_decode  # noqa: E402
+from sisa_kernels.decode_ref import sisa_decode_splits  # noqa: E402
+
 
 FLOOR = KERNEL_FLOOR
 WEAK, STRONG = -0.005, -1.0

@@ -9,10 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICE
+from conftest import DEVICE, kernels_or_skip
 from sisa.naive import naive_scan
-from sisa_kernels.scan import ssm_scan
-from sisa_kernels.scan_ref import scan_ref, scan_ref_backward
+
+kernels_or_skip()
+from sisa_kernels.scan import ssm_scan  # noqa: E402
+from sisa_kernels.scan_ref import scan_ref, scan_ref_backward  # noqa: E402
 
 NAMES = ("C", "B", "log_alpha", "theta", "g0", "phi0")
 OUT_NAMES = ("C_rot", "B_rot", "g", "g_last", "phi_last")
