@@ -69,52 +69,101 @@ def _rotate_tile_bwd(Z, DZR, DZ, in_x, s_n, out_x, mask, cos, sin, ACC: tl.const
 
 
 @triton.jit
+def _seg_add(a, fa, b, fb):
+    """Combine of a segmented sum: a flag starts a new segment (in scan order)."""
+    return tl.where(fb != 0, b, a + b), fa | fb
+
+
+@triton.jit
+def _seg_cumsum(x, flags, REVERSE: tl.constexpr):
+    """Cumulative sum along axis 0 that restarts where flags != 0 (int32, x's shape;
+    reverse: restarts at flagged rows walking backwards)."""
+    out, _ = tl.associative_scan((x, flags), 0, _seg_add, reverse=REVERSE)
+    return out
+
+
+@triton.jit
+def _segments(rows, mask_t, i_b, i_h, H, T, CU, SEQ, IS_VARLEN: tl.constexpr):
+    """For chunk rows: (is_start, is_end) as int32 and the state row seq * H + head of
+    each row's sequence: the batch row, or (IS_VARLEN) its packed sequence."""
+    if IS_VARLEN:
+        seq = tl.load(SEQ + rows, mask=mask_t, other=0).to(tl.int64)
+        start = tl.load(CU + seq, mask=mask_t, other=-1)
+        end = tl.load(CU + seq + 1, mask=mask_t, other=-1)
+    else:
+        seq = i_b + 0 * rows
+        start = 0 * rows
+        end = T + 0 * rows
+    is_start = ((rows == start) & mask_t).to(tl.int32)
+    is_end = ((rows == end - 1) & mask_t).to(tl.int32)
+    return is_start, is_end, seq * H + i_h
+
+
+@triton.jit
+def _at_row(x, dt, row):
+    """x's entry (along axis 0) at chunk row ``row``, exactly (a masked sum)."""
+    if len(x.shape) == 1:
+        return tl.sum(tl.where(dt == row, x, 0.0), 0)
+    return tl.sum(tl.where(dt[:, None] == row, x, 0.0), 0)
+
+
+@triton.jit
 def _scan_fwd_kernel(
     C, B, LA, TH,                                 # inputs
     CR, BR, G,                                    # outputs (contiguous)
-    G_STATE, PHI_STATE,                           # in: g0, phi0; out: g_last, phi_last
+    G0, PHI0, G_LAST, PHI_LAST,                   # states (n_states, h), (n_states, h, P)
+    CU, SEQ,                                      # IS_VARLEN: cu_seqlens, sequence of each row
     T, H, P,                                      # P = n / 2 angle pairs
     s_cb, s_ct, s_ch, s_cn,                       # strides of C and of B (equal)
     s_lb, s_lt, s_lh,                             # strides of log_alpha
     s_tb, s_tt, s_th, s_tp,                       # strides of theta
-    ACC: tl.constexpr,
+    IS_VARLEN: tl.constexpr, ACC: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    """Segmented scans: each sequence (a batch row, or with IS_VARLEN a packed
+    sequence) starts from its G0 / PHI0 row and leaves its last value in G_LAST /
+    PHI_LAST; a chunk carries the running total of its last row into the next."""
     i_b, i_h, pid_bh, p, mask_p = _program(H, P, BLOCK_P)
     dt = tl.arange(0, BLOCK_T)
 
     # g: one scalar per step, done by the first pair block only.
     if tl.program_id(0) == 0:
-        g_carry = tl.load(G_STATE + pid_bh).to(ACC)
+        g_carry = tl.zeros([], dtype=ACC)
         for t0 in range(0, T, BLOCK_T):
             rows = (t0 + dt).to(tl.int64)
             mask_t = rows < T
-            la = tl.load(LA + i_b * s_lb + rows * s_lt + i_h * s_lh, mask=mask_t, other=0.0)
-            g = tl.cumsum(la.to(ACC), 0) + g_carry
+            is_start, is_end, state = _segments(rows, mask_t, i_b, i_h, H, T, CU, SEQ, IS_VARLEN)
+            la = tl.load(LA + i_b * s_lb + rows * s_lt + i_h * s_lh, mask=mask_t, other=0.0).to(ACC)
+            la += tl.load(G0 + state, mask=is_start != 0, other=0.0).to(ACC)
+            la += tl.where((dt == 0) & (is_start == 0), g_carry, 0.0)
+            g = _seg_cumsum(la, is_start, False)
             tl.store(G + (i_b * T + rows) * H + i_h, g, mask=mask_t)
-            last = tl.minimum(T - t0, BLOCK_T) - 1
-            g_carry = tl.sum(tl.where(dt == last, g, 0.0), 0)   # exactly g at the chunk's last row
-        tl.store(G_STATE + pid_bh, g_carry)
+            tl.store(G_LAST + state, g, mask=is_end != 0)
+            g_carry = _at_row(g, dt, tl.minimum(T - t0, BLOCK_T) - 1)
 
     # Phi and the rotation, BLOCK_P pairs wide.
-    phi_carry = tl.load(PHI_STATE + pid_bh * P + p, mask=mask_p, other=0.0).to(ACC)
+    phi_carry = tl.zeros([BLOCK_P], dtype=ACC)
     c_base = C + i_b * s_cb + i_h * s_ch
     b_base = B + i_b * s_cb + i_h * s_ch
     for t0 in range(0, T, BLOCK_T):
         rows = (t0 + dt).to(tl.int64)
-        mask = (rows < T)[:, None] & mask_p[None, :]
+        mask_t = rows < T
+        mask = mask_t[:, None] & mask_p[None, :]
+        is_start, is_end, state = _segments(rows, mask_t, i_b, i_h, H, T, CU, SEQ, IS_VARLEN)
+        at = state[:, None] * P + p[None, :]
         th = tl.load(TH + i_b * s_tb + rows[:, None] * s_tt + i_h * s_th + p[None, :] * s_tp,
-                     mask=mask, other=0.0)
-        phi = tl.cumsum(th.to(ACC), 0) + phi_carry[None, :]
-        last = tl.minimum(T - t0, BLOCK_T) - 1
-        phi_carry = tl.sum(tl.where(dt[:, None] == last, phi, 0.0), 0)
+                     mask=mask, other=0.0).to(ACC)
+        th += tl.load(PHI0 + at, mask=mask & (is_start != 0)[:, None], other=0.0).to(ACC)
+        th += tl.where(((dt == 0) & (is_start == 0))[:, None], phi_carry[None, :], 0.0)
+        phi = _seg_cumsum(th, tl.broadcast_to(is_start[:, None], th.shape), False)
+        tl.store(PHI_LAST + at, phi, mask=mask & (is_end != 0)[:, None])
+        phi_carry = _at_row(phi, dt, tl.minimum(T - t0, BLOCK_T) - 1)
         cos, sin = tl.cos(phi), tl.sin(phi)
 
         in_x = rows[:, None] * s_ct + (2 * p)[None, :] * s_cn      # x = z[2m]; y = z[2m+1]
         out_x = ((i_b * T + rows[:, None]) * H + i_h) * (2 * P) + (2 * p)[None, :]
         _rotate_tile(c_base, CR, in_x, s_cn, out_x, mask, cos, sin, ACC)
         _rotate_tile(b_base, BR, in_x, s_cn, out_x, mask, cos, sin, ACC)
-    tl.store(PHI_STATE + pid_bh * P + p, phi_carry, mask=mask_p)
 
 
 @triton.jit
@@ -122,59 +171,75 @@ def _scan_bwd_kernel(
     C, B, TH, PHI_LAST,                           # saved forward inputs / output
     DCR, DBR, DG,                                 # incoming grads (contiguous)
     DC, DB, DLA, DTH,                             # outputs (contiguous)
-    DG_STATE, DPHI_STATE,                         # in: d g_last, d phi_last; out: dg0, dphi0
+    DG_LAST, DPHI_LAST, DG0, DPHI0,               # in: grads of the final states; out: of the initial
+    CU, SEQ,
     T, H, P,
     s_cb, s_ct, s_ch, s_cn,                       # strides of C and of B (equal)
     s_tb, s_tt, s_th, s_tp,                       # strides of theta
-    HAS_DCR: tl.constexpr, HAS_DBR: tl.constexpr, HAS_DG: tl.constexpr, ACC: tl.constexpr,
+    HAS_DCR: tl.constexpr, HAS_DBR: tl.constexpr, HAS_DG: tl.constexpr,
+    IS_VARLEN: tl.constexpr, ACC: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    """The chunks in reverse: segmented reverse cumulative sums that restart at each
+    sequence's last row (where the grad of its final state enters) and leave their
+    total at its first row (the grad of its initial state)."""
     i_b, i_h, pid_bh, p, mask_p = _program(H, P, BLOCK_P)
     dt = tl.arange(0, BLOCK_T)
     n_chunks = tl.cdiv(T, BLOCK_T)
 
-    # dlog_alpha = reverse_cumsum(dg), with d g_last added at the last step; dg0 = the total.
+    # dlog_alpha = reverse_cumsum(dg) + d g_last; dg0 = the total.
     if tl.program_id(0) == 0:
-        dg_carry = tl.load(DG_STATE + pid_bh).to(ACC)
+        dg_carry = tl.zeros([], dtype=ACC)
         for k in range(0, n_chunks):
             rows = ((n_chunks - 1 - k) * BLOCK_T + dt).to(tl.int64)
             mask_t = rows < T
+            is_start, is_end, state = _segments(rows, mask_t, i_b, i_h, H, T, CU, SEQ, IS_VARLEN)
             if HAS_DG:
                 dg = tl.load(DG + (i_b * T + rows) * H + i_h, mask=mask_t, other=0.0).to(ACC)
             else:
                 dg = tl.zeros([BLOCK_T], dtype=ACC)
-            dla = tl.cumsum(dg, 0, reverse=True) + dg_carry
+            dg += tl.load(DG_LAST + state, mask=is_end != 0, other=0.0).to(ACC)
+            dg += tl.where((dt == tl.minimum(T - (n_chunks - 1 - k) * BLOCK_T, BLOCK_T) - 1)
+                           & (is_end == 0), dg_carry, 0.0)
+            dla = _seg_cumsum(dg, is_end, True)
             tl.store(DLA + (i_b * T + rows) * H + i_h, dla, mask=mask_t)
-            dg_carry += tl.sum(dg, 0)
-        tl.store(DG_STATE + pid_bh, dg_carry)
+            tl.store(DG0 + state, dla, mask=is_start != 0)
+            dg_carry = _at_row(dla, dt, 0)
 
     # dtheta = reverse_cumsum(dPhi), dPhi = sum over C and B of gy*ox - gx*oy; dz = R^T dz_rot.
-    phi_end = tl.load(PHI_LAST + pid_bh * P + p, mask=mask_p, other=0.0).to(ACC)
-    dphi_carry = tl.load(DPHI_STATE + pid_bh * P + p, mask=mask_p, other=0.0).to(ACC)
+    # Phi is rebuilt from the final state: Phi_t = Phi_last - sum_{s > t in its sequence} theta_s.
+    th_carry = tl.zeros([BLOCK_P], dtype=ACC)
+    dphi_carry = tl.zeros([BLOCK_P], dtype=ACC)
     c_base = C + i_b * s_cb + i_h * s_ch
     b_base = B + i_b * s_cb + i_h * s_ch
     for k in range(0, n_chunks):
-        rows = ((n_chunks - 1 - k) * BLOCK_T + dt).to(tl.int64)
-        mask = (rows < T)[:, None] & mask_p[None, :]
+        t0 = (n_chunks - 1 - k) * BLOCK_T
+        rows = (t0 + dt).to(tl.int64)
+        mask_t = rows < T
+        mask = mask_t[:, None] & mask_p[None, :]
+        is_start, is_end, state = _segments(rows, mask_t, i_b, i_h, H, T, CU, SEQ, IS_VARLEN)
+        at = state[:, None] * P + p[None, :]
+        ends = tl.broadcast_to(is_end[:, None], [BLOCK_T, BLOCK_P])
+        carry_in = ((dt == tl.minimum(T - t0, BLOCK_T) - 1) & (is_end == 0))[:, None]
         th = tl.load(TH + i_b * s_tb + rows[:, None] * s_tt + i_h * s_th + p[None, :] * s_tp,
                      mask=mask, other=0.0).to(ACC)
-        # phi_end is Phi at this chunk's last valid row; masked rows carry theta = 0.
-        phi = phi_end[None, :] - (tl.cumsum(th, 0, reverse=True) - th)
-        phi_end -= tl.sum(th, 0)
+        th_after = _seg_cumsum(th + tl.where(carry_in, th_carry[None, :], 0.0), ends, True)
+        th_carry = _at_row(th_after, dt, 0)
+        phi = tl.load(PHI_LAST + at, mask=mask, other=0.0).to(ACC) - (th_after - th)
         cos, sin = tl.cos(phi), tl.sin(phi)
 
         in_x = rows[:, None] * s_ct + (2 * p)[None, :] * s_cn
         out_x = ((i_b * T + rows[:, None]) * H + i_h) * (2 * P) + (2 * p)[None, :]
-        dphi = tl.zeros([BLOCK_T, BLOCK_P], dtype=ACC)
+        dphi = tl.load(DPHI_LAST + at, mask=mask & (is_end != 0)[:, None], other=0.0).to(ACC)
         if HAS_DCR:
             dphi += _rotate_tile_bwd(c_base, DCR, DC, in_x, s_cn, out_x, mask, cos, sin, ACC)
         if HAS_DBR:
             dphi += _rotate_tile_bwd(b_base, DBR, DB, in_x, s_cn, out_x, mask, cos, sin, ACC)
-        dth = tl.cumsum(dphi, 0, reverse=True) + dphi_carry[None, :]
+        dth = _seg_cumsum(dphi + tl.where(carry_in, dphi_carry[None, :], 0.0), ends, True)
+        dphi_carry = _at_row(dth, dt, 0)
         dt_off = ((i_b * T + rows[:, None]) * H + i_h) * P + p[None, :]
         tl.store(DTH + dt_off, dth.to(DTH.dtype.element_ty), mask=mask)
-        dphi_carry += tl.sum(dphi, 0)
-    tl.store(DPHI_STATE + pid_bh * P + p, dphi_carry, mask=mask_p)
+        tl.store(DPHI0 + at, dth, mask=mask & (is_start != 0)[:, None])
 
 
 # ----------------------------------------------------------------------------
@@ -217,48 +282,66 @@ def _same_strides(C: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch
     return C, B
 
 
-def _scan_fwd(C, B, log_alpha, theta, g0, phi0):
+def _segment_index(cu_seqlens, t):
+    """(cu_seqlens (n_seqs + 1,) int32, seq (t,) int32: the sequence of each packed
+    row) for the kernels, on the device, without a host sync; or two dummies."""
+    if cu_seqlens is None:
+        return None, None
+    cu = cu_seqlens.to(torch.int32)
+    seq = torch.searchsorted(cu, torch.arange(t, device=cu.device, dtype=torch.int32), right=True) - 1
+    return cu, seq.to(torch.int32)
+
+
+def _states(x, n_states, shape_tail, sd, dev):
+    """A fresh (n_states, *shape_tail) state buffer: x's values, or zeros."""
+    return torch.zeros(n_states, *shape_tail, dtype=sd, device=dev) if x is None else x.to(sd, copy=True)
+
+
+def _scan_fwd(C, B, log_alpha, theta, g0, phi0, cu_seqlens=None):
     b, t, h, n = C.shape
     P, sd, dev = n // 2, _state_dtype(C.dtype), C.device
+    n_states = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
     C_rot = torch.empty(C.shape, dtype=_store_dtype(C.dtype), device=dev)
     B_rot = torch.empty(B.shape, dtype=_store_dtype(B.dtype), device=dev)
     g = torch.empty(b, t, h, dtype=sd, device=dev)
-    g_last = torch.zeros(b, h, dtype=sd, device=dev) if g0 is None else g0.to(sd, copy=True)
-    phi_last = torch.zeros(b, h, P, dtype=sd, device=dev) if phi0 is None else phi0.to(sd, copy=True)
+    g0, phi0 = _states(g0, n_states, (h,), sd, dev), _states(phi0, n_states, (h, P), sd, dev)
+    g_last, phi_last = g0.clone(), phi0.clone()        # an empty sequence keeps its initial state
     if t > 0 and b * h > 0:
         C, B = _same_strides(C, B)
+        cu, seq = _segment_index(cu_seqlens, t)
         block_t, block_p, warps = _block_sizes(P, b * h, dev)
         _scan_fwd_kernel[(triton.cdiv(P, block_p), b * h)](
-            C, B, log_alpha, theta, C_rot, B_rot, g, g_last, phi_last,
-            t, h, P, *C.stride(), *log_alpha.stride(), *theta.stride(), ACC=_TL_ACC[sd],
-            BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
+            C, B, log_alpha, theta, C_rot, B_rot, g, g0, phi0, g_last, phi_last, cu, seq,
+            t, h, P, *C.stride(), *log_alpha.stride(), *theta.stride(),
+            IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
         )
     return C_rot.to(C.dtype), B_rot.to(B.dtype), g, g_last, phi_last
 
 
-def _scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last):
+def _scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last, cu_seqlens=None):
     """Returns dC, dB (their inputs' dtypes), dtheta (theta's dtype), and
-    dlog_alpha (b, t, h), dg0 (b, h), dphi0 (b, h, n/2) in the state dtype."""
+    dlog_alpha (b, t, h), dg0 (n_states, h), dphi0 (n_states, h, n/2) in the state dtype."""
     b, t, h, n = C.shape
     P, sd, dev = n // 2, _state_dtype(C.dtype), C.device
+    n_states = phi_last.shape[0]
     runs = t > 0 and b * h > 0
     new = lambda written: torch.empty if runs and written else torch.zeros  # noqa: E731
     dC = new(dC_rot is not None)(C.shape, dtype=_store_dtype(C.dtype), device=dev)
     dB = new(dB_rot is not None)(B.shape, dtype=_store_dtype(B.dtype), device=dev)
     dth = new(True)(theta.shape, dtype=_store_dtype(theta.dtype), device=dev)
     dla = new(True)(b, t, h, dtype=sd, device=dev)
-    dg0 = torch.zeros(b, h, dtype=sd, device=dev) if dg_last is None else dg_last.to(sd, copy=True)
-    dphi0 = (torch.zeros(b, h, P, dtype=sd, device=dev) if dphi_last is None
-             else dphi_last.to(sd, copy=True))
+    dg_last, dphi_last = _states(dg_last, n_states, (h,), sd, dev), _states(dphi_last, n_states, (h, P), sd, dev)
+    dg0, dphi0 = dg_last.clone(), dphi_last.clone()     # an empty sequence passes its grads through
     if runs:
         C, B = _same_strides(C, B)
         dC_rot, dB_rot, dg = (x.contiguous() if x is not None else None for x in (dC_rot, dB_rot, dg))
+        cu, seq = _segment_index(cu_seqlens, t)
         block_t, block_p, warps = _block_sizes(P, b * h, dev)
         _scan_bwd_kernel[(triton.cdiv(P, block_p), b * h)](
-            C, B, theta, phi_last, dC_rot, dB_rot, dg, dC, dB, dla, dth, dg0, dphi0,
-            t, h, P, *C.stride(), *theta.stride(),
+            C, B, theta, phi_last, dC_rot, dB_rot, dg, dC, dB, dla, dth, dg_last, dphi_last, dg0, dphi0,
+            cu, seq, t, h, P, *C.stride(), *theta.stride(),
             HAS_DCR=dC_rot is not None, HAS_DBR=dB_rot is not None, HAS_DG=dg is not None,
-            ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
+            IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
         )
     return dC.to(C.dtype), dB.to(B.dtype), dla, dth.to(theta.dtype), dg0, dphi0
 
@@ -269,57 +352,59 @@ def _scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last):
 
 @torch.library.custom_op("sisa_kernels::scan_fwd", mutates_args=())
 def scan_fwd(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: torch.Tensor,
-             g0: Optional[torch.Tensor], phi0: Optional[torch.Tensor]
+             g0: Optional[torch.Tensor], phi0: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor] = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _scan_fwd(C, B, log_alpha, theta, g0, phi0)
+    return _scan_fwd(C, B, log_alpha, theta, g0, phi0, cu_seqlens)
 
 
 @scan_fwd.register_fake
-def _(C, B, log_alpha, theta, g0, phi0):
+def _(C, B, log_alpha, theta, g0, phi0, cu_seqlens=None):
     b, t, h, n = C.shape
     sd = _state_dtype(C.dtype)
+    n_states = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
     return (torch.empty_like(C, memory_format=torch.contiguous_format),
             torch.empty_like(B, memory_format=torch.contiguous_format),
-            C.new_empty(b, t, h, dtype=sd), C.new_empty(b, h, dtype=sd),
-            C.new_empty(b, h, n // 2, dtype=sd))
+            C.new_empty(b, t, h, dtype=sd), C.new_empty(n_states, h, dtype=sd),
+            C.new_empty(n_states, h, n // 2, dtype=sd))
 
 
 @torch.library.custom_op("sisa_kernels::scan_bwd", mutates_args=())
 def scan_bwd(C: torch.Tensor, B: torch.Tensor, theta: torch.Tensor, phi_last: torch.Tensor,
              dC_rot: Optional[torch.Tensor], dB_rot: Optional[torch.Tensor],
              dg: Optional[torch.Tensor], dg_last: Optional[torch.Tensor],
-             dphi_last: Optional[torch.Tensor]
+             dphi_last: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor] = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                         torch.Tensor]:
-    return _scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last)
+    return _scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last, cu_seqlens)
 
 
 @scan_bwd.register_fake
-def _(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last):
+def _(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last, cu_seqlens=None):
     b, t, h, n = C.shape
     sd = _state_dtype(C.dtype)
+    n_states = phi_last.shape[0]
     return (torch.empty_like(C, memory_format=torch.contiguous_format),
             torch.empty_like(B, memory_format=torch.contiguous_format),
             C.new_empty(b, t, h, dtype=sd),
             torch.empty_like(theta, memory_format=torch.contiguous_format),
-            C.new_empty(b, h, dtype=sd), C.new_empty(b, h, n // 2, dtype=sd))
+            C.new_empty(n_states, h, dtype=sd), C.new_empty(n_states, h, n // 2, dtype=sd))
 
 
 def _setup_context(ctx, inputs, output):
-    C, B, log_alpha, theta, g0, phi0 = inputs
-    ctx.save_for_backward(C, B, theta, output[4])
+    C, B, log_alpha, theta, g0, phi0, cu_seqlens = inputs
+    ctx.save_for_backward(C, B, theta, output[4], cu_seqlens)
     ctx.la_dtype = log_alpha.dtype
     ctx.g0_dtype = g0.dtype if g0 is not None else None
     ctx.phi0_dtype = phi0.dtype if phi0 is not None else None
 
 
 def _backward(ctx, dC_rot, dB_rot, dg, dg_last, dphi_last):
-    C, B, theta, phi_last = ctx.saved_tensors
+    C, B, theta, phi_last, cu_seqlens = ctx.saved_tensors
     dC, dB, dla, dth, dg0, dphi0 = scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last,
-                                            dphi_last)
+                                            dphi_last, cu_seqlens)
     return (dC, dB, dla.to(ctx.la_dtype), dth,
             dg0.to(ctx.g0_dtype) if ctx.g0_dtype is not None else None,
-            dphi0.to(ctx.phi0_dtype) if ctx.phi0_dtype is not None else None)
+            dphi0.to(ctx.phi0_dtype) if ctx.phi0_dtype is not None else None, None)
 
 
 scan_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -330,7 +415,8 @@ scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------
 
 def ssm_scan(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: torch.Tensor,
-             g0: Optional[torch.Tensor] = None, phi0: Optional[torch.Tensor] = None):
+             g0: Optional[torch.Tensor] = None, phi0: Optional[torch.Tensor] = None,
+             cu_seqlens: Optional[torch.Tensor] = None):
     """SISA's SSM scan, fused, differentiable in every input.
 
     Args:
@@ -339,6 +425,10 @@ def ssm_scan(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: t
         theta:     (b, t, h, n/2) per-token phase increments.
         g0:        (b, h) or None     initial g (continuing an earlier scan).
         phi0:      (b, h, n/2) or None initial Phi.
+        cu_seqlens: optional int32 (n_seqs + 1,) for a packed batch (b = 1, not
+                   checked): every sequence restarts from its own state row, so g0,
+                   phi0, g_last, phi_last have n_seqs rows instead of b. One launch
+                   whatever n_seqs, no host sync.
     Returns:
         C_rot, B_rot: (b, t, h, n) in C's / B's dtype, contiguous:
                       R(Phi_t) applied to each interleaved pair (z[2m], z[2m+1]).
@@ -361,8 +451,9 @@ def ssm_scan(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: t
     b, t, h, n = C.shape
     if n < 2 or n % 2:
         raise ValueError(f"ssm_scan: d_state must be even and >= 2, got {n}")
+    rows = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
     expected = {"log_alpha": (log_alpha, (b, t, h)), "theta": (theta, (b, t, h, n // 2)),
-                "g0": (g0, (b, h)), "phi0": (phi0, (b, h, n // 2))}
+                "g0": (g0, (rows, h)), "phi0": (phi0, (rows, h, n // 2))}
     for name, (x, shape) in expected.items():
         if x is not None and tuple(x.shape) != shape:
             raise ValueError(f"ssm_scan: {name} must have shape {shape}, got {tuple(x.shape)}")
@@ -370,4 +461,4 @@ def ssm_scan(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: t
             raise ValueError(f"ssm_scan: {name} is on {x.device}, C on {C.device}")
     if C.device.type == "cpu" and not _INTERPRET:
         raise RuntimeError("ssm_scan: CPU tensors need TRITON_INTERPRET=1 set before import")
-    return scan_fwd(C, B, log_alpha, theta, g0, phi0)
+    return scan_fwd(C, B, log_alpha, theta, g0, phi0, cu_seqlens)
