@@ -12,7 +12,7 @@ from . import backends
 from ._checks import check_attention_inputs, check_scan_inputs, check_softmax_scale
 from .naive import naive_attention, naive_scan, scan_state, state_dtype
 from .sdpa import fused_augment_available, sdpa_attention
-from .varlen import check_cu_seqlens
+from .varlen import check_cu_seqlens, split_sequences
 
 
 def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="auto",
@@ -27,46 +27,49 @@ def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="
             (with cu_seqlens: (n_seqs, h), (n_seqs, h, n/2), one per sequence).
         backend: "naive" (PyTorch ops), "triton" (fused kernel) or "auto".
         cu_seqlens: optional int32 (n_seqs + 1,) for packed inputs (b = 1): the scan
-            restarts at every sequence start.
+            restarts at every sequence start (inside the kernel for triton: one launch).
         check_inputs: validate values too (log_alpha <= 0, its total along t above
-            -1e30, g0 finite; one host sync).
+            -1e30, g0 finite, cu_seqlens' entries; one host sync).
     Returns:
         (C_rot (b, t, h, n) in C's dtype, B_rot (b, t, h, n), g (b, t, h) float32
         (float64 for float64 inputs), final_state (g_last, phi_last)) with g_last
         (b, h) and phi_last (b, h, n/2) — (n_seqs, ...) with cu_seqlens.
     """
+    segments = None
     if cu_seqlens is not None:
-        return _packed_scan(C, B, log_alpha, theta, initial_state, backend, cu_seqlens, check_inputs)
-    check_scan_inputs(C, B, log_alpha, theta, initial_state, check_values=check_inputs)
+        check_scan_inputs(C, B, log_alpha, theta, None, check_values=False)   # shapes first
+        segments = check_cu_seqlens(cu_seqlens, C.shape[1], C.shape[0], values=check_inputs)
+    n_seqs = None if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    check_scan_inputs(C, B, log_alpha, theta, initial_state, check_values=check_inputs, n_seqs=n_seqs)
     backend = backends.resolve(backend, C.device, "scan")
     if backend == "triton":
         g0, phi0 = initial_state if initial_state is not None else (None, None)
-        C_rot, B_rot, g, g_last, phi_last = backends.kernel("scan").ssm_scan(C, B, log_alpha, theta, g0, phi0)
+        C_rot, B_rot, g, g_last, phi_last = backends.kernel("scan").ssm_scan(
+            C, B, log_alpha, theta, g0, phi0, cu_seqlens=cu_seqlens)
         return C_rot, B_rot, g, (g_last, phi_last)
-    return naive_scan(C, B, log_alpha, theta, initial_state)
+    if cu_seqlens is None:
+        return naive_scan(C, B, log_alpha, theta, initial_state)
+    return _packed_naive_scan(C, B, log_alpha, theta, initial_state,
+                              segments or check_cu_seqlens(cu_seqlens, C.shape[1], 1))
 
 
-def _packed_scan(C, B, log_alpha, theta, initial_state, backend, cu_seqlens, check_inputs):
-    check_scan_inputs(C, B, log_alpha, theta, None, check_values=False)   # shapes first
-    segments = check_cu_seqlens(cu_seqlens, C.shape[1], C.shape[0])
-    check_scan_inputs(C, B, log_alpha, theta, initial_state, check_values=check_inputs, n_seqs=len(segments))
-    outs, g_last, phi_last = [], [], []
-    for s, (a, b) in enumerate(segments):
-        state = None if initial_state is None else (initial_state[0][s:s + 1], initial_state[1][s:s + 1])
-        C_rot, B_rot, g, (gl, pl) = ssm_importance_scan(
-            C[:, a:b], B[:, a:b], log_alpha[:, a:b], theta[:, a:b], initial_state=state,
-            backend=backend, check_inputs=False)
-        outs.append((C_rot, B_rot, g))
-        g_last.append(gl)
-        phi_last.append(pl)
-    C_rot, B_rot, g = (torch.cat(parts, dim=1) for parts in zip(*outs))
-    return C_rot, B_rot, g, (torch.cat(g_last), torch.cat(phi_last))
+def _packed_naive_scan(C, B, log_alpha, theta, initial_state, segments):
+    """The naive scan of each packed sequence from its own state row."""
+    if not segments:                                              # no sequences (so t = 0)
+        C_rot, B_rot, g, (g_last, phi_last) = naive_scan(C, B, log_alpha, theta)
+        return C_rot, B_rot, g, (g_last[:0], phi_last[:0])
+    parts = zip(*(split_sequences(x, segments) for x in (C, B, log_alpha, theta)))
+    outs = [naive_scan(*p, None if initial_state is None else (initial_state[0][s:s + 1], initial_state[1][s:s + 1]))
+            for s, p in enumerate(parts)]
+    C_rot, B_rot, g = (torch.cat(x, dim=1) for x in zip(*(o[:3] for o in outs)))
+    return C_rot, B_rot, g, tuple(torch.cat(x) for x in zip(*(o[3] for o in outs)))
 
 
-def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, backend="auto"):
+def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, backend="auto", cu_seqlens=None):
     """SISA attention given the scan's outputs (no validation: internal callers such
     as the layer's cached prefill). Shapes as sisa_attention, with C_rot, B_rot
-    (b, t, h, n) and g (b, t, h). Returns (b, t, h, d) in q's dtype."""
+    (b, t, h, n) and g (b, t, h); cu_seqlens (triton only) as there.
+    Returns (b, t, h, d) in q's dtype."""
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
     b, t, h, d = q.shape
     if t == 0:
@@ -77,7 +80,7 @@ def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, ba
     if backend == "sdpa":
         return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale)
     attn = backends.kernel("attention_op").sisa_attn
-    return attn(q, k, v, C_rot, B_rot, g.float(), lam.float(), scale)
+    return attn(q, k, v, C_rot, B_rot, g.float(), lam.float(), scale, cu_seqlens=cu_seqlens)
 
 
 def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, backend="auto",
@@ -115,10 +118,16 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         # masked rows (NaN); sdpa's exact row-wise path keeps those rows as the maths has them.
         backend = "sdpa"
     if cu_seqlens is not None:
-        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
-        outs = [sisa_attention(*(x[:, a:b] for x in (q, k, v, C, B, log_alpha, theta)), lam,
-                               softmax_scale=softmax_scale, backend=backend, check_inputs=False)
-                for a, b in segments]
+        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0], values=check_inputs)
+        if backend == "triton":            # inside the kernels: launches independent of n_seqs
+            C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend="triton",
+                                                     cu_seqlens=cu_seqlens, check_inputs=False)
+            return attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=softmax_scale,
+                                       backend="triton", cu_seqlens=cu_seqlens)
+        segments = segments or check_cu_seqlens(cu_seqlens, q.shape[1], 1)
+        parts = zip(*(split_sequences(x, segments) for x in (q, k, v, C, B, log_alpha, theta)))
+        outs = [sisa_attention(*p, lam, softmax_scale=softmax_scale, backend=backend, check_inputs=False)
+                for p in parts]
         return torch.cat(outs, dim=1) if outs else q.new_empty(q.shape)
     if q.shape[1] == 0:
         return q.new_empty(q.shape)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def check_cu_seqlens(cu_seqlens, total: int, batch: int) -> list[tuple[int, int]]:
-    """Validate ``cu_seqlens`` and return the (start, end) pairs (one host sync)."""
+def check_cu_seqlens(cu_seqlens, total: int, batch: int, values: bool = True) -> list[tuple[int, int]] | None:
+    """Validate ``cu_seqlens`` and return the (start, end) pairs (one host sync); with
+    values=False only its type, dtype, shape and the batch (no sync; returns None)."""
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dtype != torch.int32:
@@ -19,6 +20,8 @@ def check_cu_seqlens(cu_seqlens, total: int, batch: int) -> list[tuple[int, int]
         raise ValueError(f"cu_seqlens must be 1-D with n_seqs + 1 entries, got shape {tuple(cu_seqlens.shape)}")
     if batch != 1:
         raise ValueError(f"with cu_seqlens the inputs must be packed into batch 1, got batch {batch}")
+    if not values:
+        return None
     cu = cu_seqlens.tolist()
     if cu[0] != 0:
         raise ValueError(f"cu_seqlens must start at 0, got {cu[0]}")
@@ -27,6 +30,12 @@ def check_cu_seqlens(cu_seqlens, total: int, batch: int) -> list[tuple[int, int]
     if cu[-1] != total:
         raise ValueError(f"cu_seqlens must end at the packed length {total}, got {cu[-1]}")
     return list(zip(cu[:-1], cu[1:]))
+
+
+def split_sequences(x: torch.Tensor, segments, dim: int = 1) -> tuple[torch.Tensor, ...]:
+    """x's packed sequences along ``dim`` as views, by one split: its backward is one
+    concatenation, not a zero-filled full-size gradient per slice."""
+    return x.split([b - a for a, b in segments], dim=dim)
 
 
 def positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:

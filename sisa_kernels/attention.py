@@ -133,16 +133,29 @@ def query_rows(q_base, c_base, g_base, rows, row_ok, m0, sq_t, sq_d, sc_t, sc_n,
 
 
 @triton.jit
-def key_tile(q, cr, g_i, g_m0, offs_m, n0, k_base, v_base, b_base, g_base,
+def sequence_starts(SEQ_START, rows, row_ok, m0, BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """(start_i, n_lo): the first position of each row's sequence (IS_VARLEN; else 0)
+    and the first key block any row of the block [m0, ...) can see, in BLOCK steps."""
+    start_i = tl.zeros(rows.shape, dtype=tl.int32)
+    n_lo = m0 * 0
+    if IS_VARLEN:
+        start_i = tl.load(SEQ_START + rows, mask=row_ok, other=0)
+        n_lo = (tl.load(SEQ_START + m0) // BLOCK) * BLOCK      # starts never decrease along the rows
+    return start_i, n_lo
+
+
+@triton.jit
+def key_tile(q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
              sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-             BLOCK_N: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
+             BLOCK_N: tl.constexpr, DIAG: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr):
     """Key tile [n0, n0 + BLOCK_N) against a query block (rows offs_m), as the forward
     and the dq backward both use it. Returns (k, v, br, dec, keep, x, s): the k, v
     tiles; br as multiplied; the decay and the causal mask (DIAG only); the SSM
     product x = dec * (cr br^T); and the base-2 logits s, unmasked.
 
     DIAG False: keys j < m0; cr holds Cr_i exp(g_i - g_m0) and br is scaled here
-    by exp(g_m0 - g_j) (both <= 1); dec is 1 and keep True.
+    by exp(g_m0 - g_j) (both <= 1); dec is 1 and keep True (IS_VARLEN: keys of the
+    row's own sequence, j >= start_i; the factors stay <= 1 on the others).
     DIAG True: cr holds the raw Cr rows; dec = exp(min(g_i - g_j, 0)) with the
     exponent set to 0 where the mask removes the entry (no inf * 0).
     """
@@ -155,10 +168,15 @@ def key_tile(q, cr, g_i, g_m0, offs_m, n0, k_base, v_base, b_base, g_base,
     g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
     if DIAG:
         keep = (offs_m[:, None] >= offs_j[None, :]) & col_ok[None, :] & (offs_m < T)[:, None]
+        if IS_VARLEN:
+            keep &= offs_j[None, :] >= start_i[:, None]
         dec = tl.exp(tl.where(keep, neg_part(g_i[:, None] - g_j[None, :]), 0.0))
         x = tile_dot(cr, tl.trans(br), UPCAST) * dec
-    else:                     # nothing masked; the decay is folded into cr and br
-        keep = True
+    else:                     # the decay is folded into cr and br
+        if IS_VARLEN:
+            keep = offs_j[None, :] >= start_i[:, None]
+        else:
+            keep = True
         dec = 1.0
         br = (br.to(tl.float32) * tl.exp(neg_part(g_m0 - g_j))[:, None]).to(br.dtype)
         x = tile_dot(cr, tl.trans(br), UPCAST)
@@ -167,22 +185,23 @@ def key_tile(q, cr, g_i, g_m0, offs_m, n0, k_base, v_base, b_base, g_base,
 
 
 @triton.jit
-def _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, n_lo, n_hi,
+def _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, start_i, n_lo, n_hi,
                 k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-                BLOCK_N: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
+                BLOCK_N: tl.constexpr, DIAG: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr):
     """Online softmax over the key blocks in [n_lo, n_hi), in base 2 (key_tile says
     what cr holds for DIAG False / True)."""
     for n0 in range(n_lo, n_hi, BLOCK_N):
         k, v, br, dec, keep, x, s = key_tile(
-            q, cr, g_i, g_m0, offs_m, n0, k_base, v_base, b_base, g_base,
+            q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
             sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-            BLOCK_N, DIAG, UPCAST)
-        if DIAG:
+            BLOCK_N, DIAG, IS_VARLEN, UPCAST)
+        if DIAG or IS_VARLEN:
             s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)     # a row with no key yet: no inf - inf
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tile_dot(p.to(v.dtype), v, UPCAST)
         m_i = m_new
@@ -191,7 +210,7 @@ def _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, n_lo, n_hi,
 
 @triton.jit
 def _sisa_fwd_kernel(
-    Q, K, V, CR, BR, G, LAM, OUT, LSE,
+    Q, K, V, CR, BR, G, LAM, OUT, LSE, SEQ_START,
     sq_b, sq_t, sq_h, sq_d,
     sk_b, sk_t, sk_h, sk_d,
     sv_b, sv_t, sv_h, sv_d,
@@ -201,7 +220,7 @@ def _sisa_fwd_kernel(
     so_b, so_t, so_h, so_d,
     H, T, D, N, REP, qk_scale,
     D_PAD: tl.constexpr, N_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)     # longest rows first (causal balance)
     hi = tl.program_id(1).to(tl.int64)
@@ -215,6 +234,7 @@ def _sisa_fwd_kernel(
     q, cr, g_i, g_m0 = query_rows(Q + bi * sq_b + hi * sq_h, c_base, g_base, rows, row_ok, m0,
                                   sq_t, sq_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok)
     lam, c_scale, s_scale = logit_scales(LAM, hi, qk_scale)
+    start_i, n_lo = sequence_starts(SEQ_START, rows, row_ok, m0, BLOCK_N, IS_VARLEN)
 
     k_base = K + bi * sk_b + hk * sk_h
     v_base = V + bi * sv_b + hk * sv_h
@@ -225,16 +245,17 @@ def _sisa_fwd_kernel(
 
     # Keys j < m0: the query factor exp(g_i - g_m0) <= 1 goes on the Cr rows once.
     cr_f = (cr.to(tl.float32) * tl.exp(neg_part(g_i - g_m0))[:, None]).to(cr.dtype)
-    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr_f, g_i, g_m0, offs_m, 0, m0,
+    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr_f, g_i, g_m0, offs_m, start_i, n_lo, m0,
                                 k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-                                BLOCK_N, False, UPCAST)
+                                BLOCK_N, False, IS_VARLEN, UPCAST)
     # Diagonal blocks on the raw Cr rows (loaded again: one Cr tile live per phase).
     cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
-    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, m0, tl.minimum(m0 + BLOCK_M, T),
+    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, start_i, m0,
+                                tl.minimum(m0 + BLOCK_M, T),
                                 k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-                                BLOCK_N, True, UPCAST)
+                                BLOCK_N, True, IS_VARLEN, UPCAST)
 
     out = acc / l_i[:, None]
     tl.store(OUT + bi * so_b + hi * so_h + rows[:, None] * so_t + offs_d[None, :] * so_d,
@@ -244,7 +265,7 @@ def _sisa_fwd_kernel(
 
 
 _sisa_fwd_tuned = triton.autotune(
-    configs=fwd_configs(), key=["T", "D_PAD", "N_PAD", "REP"],
+    configs=fwd_configs(), key=["T", "D_PAD", "N_PAD", "REP", "IS_VARLEN"],
     prune_configs_by={"early_config_prune": prune_wide(128 * 64)})(_sisa_fwd_kernel)
 
 
@@ -271,11 +292,21 @@ def launch(tuned, kernel, grid, args, consts, config, t, block_names):
         kernel[grid](*args, **consts, **config)
 
 
-def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None):
+def sequence_bounds(cu_seqlens: torch.Tensor, t: int) -> torch.Tensor:
+    """(2, t) int32 on cu_seqlens' device: row 0 the first position of each packed
+    token's sequence, row 1 one past its last. Device ops only (no host sync)."""
+    cu = cu_seqlens.to(torch.int32)
+    seq = torch.searchsorted(cu, torch.arange(t, device=cu.device, dtype=torch.int32), right=True) - 1
+    return torch.stack((cu[seq], cu[seq + 1]))
+
+
+def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None, bounds=None):
     """Launch the forward kernel. Shapes in the module docstring.
 
     config: optional {"BLOCK_M": .., "BLOCK_N": ..} (BLOCK_M a multiple of BLOCK_N)
-    bypassing the autotuner. Returns (out (b, t, h, d) in q's dtype, lse (b, h, t) float32).
+    bypassing the autotuner. bounds: ``sequence_bounds`` of a packed batch (b = 1):
+    no row sees a key outside its own sequence. Returns (out (b, t, h, d) in q's
+    dtype, lse (b, h, t) float32).
     """
     check_inputs(q, k, v, C_rot, B_rot, g, lam)
     b, t, h, d = q.shape
@@ -289,9 +320,10 @@ def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None):
         return out, lse
     lam = lam.to(torch.float32)
     grid = lambda meta: (triton.cdiv(t, meta["BLOCK_M"]), h, b)
-    args = (q, k, v, C_rot, B_rot, g, lam, out, lse,
+    args = (q, k, v, C_rot, B_rot, g, lam, out, lse, bounds,
             *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
             *out.stride(), h, t, d, n, h // hk, float(softmax_scale))
-    consts = dict(D_PAD=padded(d), N_PAD=padded(n), UPCAST=upcast_dot(q.dtype, C_rot.dtype))
+    consts = dict(D_PAD=padded(d), N_PAD=padded(n), IS_VARLEN=bounds is not None,
+                  UPCAST=upcast_dot(q.dtype, C_rot.dtype))
     launch(_sisa_fwd_tuned, _sisa_fwd_kernel, grid, args, consts, config, t, ("BLOCK_M", "BLOCK_N"))
     return out, lse

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .attention import (block_offsets, interpreting, key_tile, launch, load_rows, logit_scales, neg_part, padded,
-                        prune_wide, query_rows, tile_dot, upcast_dot)
+                        prune_wide, query_rows, sequence_starts, tile_dot, upcast_dot)
 
 
 def bwd_configs():
@@ -57,17 +57,17 @@ def _sisa_bwd_delta_kernel(O, DO, DELTA, so_b, so_t, so_h, so_d, sdo_b, sdo_t, s
 
 @triton.jit
 def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo, m_hi,
-                q_base, do_base, c_base, g_base, LSE, DELTA, row_base,
+                q_base, do_base, c_base, g_base, LSE, DELTA, SEQ_START, row_base,
                 sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t,
                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-                BLOCK_IN: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
+                BLOCK_IN: tl.constexpr, DIAG: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr):
     """Accumulate over the query blocks in [m_lo, m_hi) for a fixed key block, in the
     transposed (keys x queries) orientation.
 
     DIAG False: queries i > g_a's index >= every key; br holds Br_j exp(g_a - g_j), each
     Cr row is scaled by exp(g_i - g_a) here, and acc_db gets dS^T (Cr_i exp(g_i - g_a)).
     DIAG True: br holds the raw Br rows; per-element decay under the causal mask, and
-    acc_db gets (dS * D)^T Cr.
+    acc_db gets (dS * D)^T Cr. IS_VARLEN: a query sees only keys of its own sequence.
     """
     for m0 in range(m_lo, m_hi, BLOCK_IN):
         offs_i = m0 + tl.arange(0, BLOCK_IN)
@@ -79,12 +79,14 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
         g_i = tl.load(g_base + rows * sg_t, mask=row_ok, other=0.0).to(tl.float32)
         lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+        keep = row_ok[None, :]
+        if IS_VARLEN:
+            keep &= offs_n[:, None] >= tl.load(SEQ_START + rows, mask=row_ok, other=0)[None, :]
         if DIAG:
-            keep = (offs_i[None, :] >= offs_n[:, None]) & row_ok[None, :]
+            keep &= offs_i[None, :] >= offs_n[:, None]
             dec = tl.exp(tl.where(keep, neg_part(g_i[None, :] - g_j[:, None]), 0.0))
             x_t = tile_dot(br, tl.trans(cr), UPCAST) * dec             # X^T (keys x queries)
         else:
-            keep = row_ok[None, :]
             cr = (cr.to(tl.float32) * tl.exp(neg_part(g_i - g_a))[:, None]).to(cr.dtype)
             x_t = tile_dot(br, tl.trans(cr), UPCAST)
         s_t = tile_dot(k, tl.trans(q), UPCAST) * c_scale + x_t * s_scale
@@ -103,7 +105,7 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
 
 @triton.jit
 def _sisa_bwd_dkv_kernel(
-    Q, K, V, CR, BR, G, LAM, DO, LSE, DELTA, DK, DV, DBR, COLG,
+    Q, K, V, CR, BR, G, LAM, DO, LSE, DELTA, DK, DV, DBR, COLG, BOUNDS,
     sq_b, sq_t, sq_h, sq_d,
     sk_b, sk_t, sk_h, sk_d,
     sv_b, sv_t, sv_h, sv_d,
@@ -115,9 +117,10 @@ def _sisa_bwd_dkv_kernel(
     sdb_b, sdb_t, sdb_h, sdb_n,
     H, T, D, N, REP, qk_scale,
     D_PAD: tl.constexpr, N_PAD: tl.constexpr,
-    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """Keys j in [n0, n0 + BLOCK_OUT) fixed; loop over query blocks of BLOCK_IN rows."""
+    """Keys j in [n0, n0 + BLOCK_OUT) fixed; loop over query blocks of BLOCK_IN rows
+    (IS_VARLEN: up to the end of the last key's sequence, BOUNDS = sequence_bounds)."""
     hi = tl.program_id(1).to(tl.int64)
     bi = tl.program_id(2).to(tl.int64)
     hk = hi // REP
@@ -146,22 +149,26 @@ def _sisa_bwd_dkv_kernel(
     # query, >= every key); the key factor exp(g_a - g_j) <= 1 goes on the Br rows once.
     a = tl.minimum(n0 + BLOCK_OUT - 1, T - 1)
     g_a = tl.load(g_base + a.to(tl.int64) * sg_t).to(tl.float32)
+    if IS_VARLEN:
+        m_hi = tl.load(BOUNDS + T + a)                  # no later query sees these keys
+    else:
+        m_hi = T
     key_f = tl.exp(neg_part(g_a - g_j))
     br_f = (br.to(tl.float32) * key_f[:, None]).to(br.dtype)
     acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
-        acc_dk, acc_dv, acc_db, col_g, k, v, br_f, g_j, g_a, offs_n, n0 + BLOCK_OUT, T,
-        q_base, do_base, c_base, g_base, LSE, DELTA, row_base,
+        acc_dk, acc_dv, acc_db, col_g, k, v, br_f, g_j, g_a, offs_n, n0 + BLOCK_OUT, m_hi,
+        q_base, do_base, c_base, g_base, LSE, DELTA, BOUNDS, row_base,
         sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-        BLOCK_IN, False, UPCAST)
+        BLOCK_IN, False, IS_VARLEN, UPCAST)
     # From here on acc_db takes dS * D directly: give the off-diagonal part its key factor.
     # The raw Br rows are loaded again (one Br tile live per phase).
     acc_db = acc_db * key_f[:, None]
     br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
     acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
         acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, n0, tl.minimum(n0 + BLOCK_OUT, T),
-        q_base, do_base, c_base, g_base, LSE, DELTA, row_base,
+        q_base, do_base, c_base, g_base, LSE, DELTA, BOUNDS, row_base,
         sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-        BLOCK_IN, True, UPCAST)
+        BLOCK_IN, True, IS_VARLEN, UPCAST)
 
     kv_mask = col_ok[:, None] & d_ok[None, :]
     dk_off = bi * sdk_b + hi * sdk_h + cols[:, None] * sdk_t + offs_d[None, :] * sdk_d
@@ -173,20 +180,20 @@ def _sisa_bwd_dkv_kernel(
 
 
 @triton.jit
-def _dq_blocks(acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, n_lo, n_hi,
+def _dq_blocks(acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, start_i, n_lo, n_hi,
                k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-               BLOCK_IN: tl.constexpr, DIAG: tl.constexpr, UPCAST: tl.constexpr):
+               BLOCK_IN: tl.constexpr, DIAG: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr):
     """Accumulate over the key blocks in [n_lo, n_hi) for a fixed query block (the
     forward's key_tile recomputes the logits). acc_dc gets dS (Br_j exp(g_m0 - g_j))
     below the diagonal (DIAG False) and (dS * D) Br on it (DIAG True)."""
     for n0 in range(n_lo, n_hi, BLOCK_IN):
         k, v, br, dec, keep, x, s = key_tile(
-            q, cr, g_i, g_m0, offs_m, n0, k_base, v_base, b_base, g_base,
+            q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
             sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-            BLOCK_IN, DIAG, UPCAST)
+            BLOCK_IN, DIAG, IS_VARLEN, UPCAST)
         p = tl.exp2(s - lse[:, None])
-        if DIAG:
+        if DIAG or IS_VARLEN:
             p = tl.where(keep, p, 0.0)
         dp = tile_dot(do, tl.trans(v), UPCAST)
         ds = p * (dp - delta[:, None])
@@ -201,7 +208,7 @@ def _dq_blocks(acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, 
 
 @triton.jit
 def _sisa_bwd_dq_kernel(
-    Q, K, V, CR, BR, G, LAM, DO, LSE, DELTA, DQ, DCR, ROWG,
+    Q, K, V, CR, BR, G, LAM, DO, LSE, DELTA, DQ, DCR, ROWG, BOUNDS,
     sq_b, sq_t, sq_h, sq_d,
     sk_b, sk_t, sk_h, sk_d,
     sv_b, sv_t, sv_h, sv_d,
@@ -213,9 +220,10 @@ def _sisa_bwd_dq_kernel(
     sdc_b, sdc_t, sdc_h, sdc_n,
     H, T, D, N, REP, qk_scale,
     D_PAD: tl.constexpr, N_PAD: tl.constexpr,
-    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """Queries i in [m0, m0 + BLOCK_OUT) fixed; loop over key blocks of BLOCK_IN columns."""
+    """Queries i in [m0, m0 + BLOCK_OUT) fixed; loop over key blocks of BLOCK_IN columns
+    (IS_VARLEN: from the block holding the first row's sequence start)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)     # longest rows first (causal balance)
     hi = tl.program_id(1).to(tl.int64)
     bi = tl.program_id(2).to(tl.int64)
@@ -232,6 +240,7 @@ def _sisa_bwd_dq_kernel(
     lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
     lam, c_scale, s_scale = logit_scales(LAM, hi, qk_scale)
+    start_i, n_lo = sequence_starts(BOUNDS, rows, row_ok, m0, BLOCK_IN, IS_VARLEN)
     k_base = K + bi * sk_b + hk * sk_h
     v_base = V + bi * sv_b + hk * sv_h
     b_base = BR + bi * sb_b + hi * sb_h
@@ -244,17 +253,18 @@ def _sisa_bwd_dq_kernel(
     row_f = tl.exp(neg_part(g_i - g_m0))
     cr_f = (cr.to(tl.float32) * row_f[:, None]).to(cr.dtype)
     acc_dq, acc_dc, row_g = _dq_blocks(
-        acc_dq, acc_dc, row_g, q, do, cr_f, g_i, g_m0, lse, delta, offs_m, 0, m0,
+        acc_dq, acc_dc, row_g, q, do, cr_f, g_i, g_m0, lse, delta, offs_m, start_i, n_lo, m0,
         k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
-        offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale, BLOCK_IN, False, UPCAST)
+        offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale, BLOCK_IN, False, IS_VARLEN, UPCAST)
     # From here on acc_dc takes dS * D directly: give the off-diagonal part its row factor.
     # The raw Cr rows are loaded again (one Cr tile live per phase).
     acc_dc = acc_dc * row_f[:, None]
     cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
     acc_dq, acc_dc, row_g = _dq_blocks(
-        acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, m0, tl.minimum(m0 + BLOCK_OUT, T),
+        acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, start_i, m0,
+        tl.minimum(m0 + BLOCK_OUT, T),
         k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
-        offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale, BLOCK_IN, True, UPCAST)
+        offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale, BLOCK_IN, True, IS_VARLEN, UPCAST)
 
     tl.store(DQ + bi * sdq_b + hi * sdq_h + rows[:, None] * sdq_t + offs_d[None, :] * sdq_d,
              (acc_dq * qk_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
@@ -264,7 +274,7 @@ def _sisa_bwd_dq_kernel(
 
 
 def _tuned(kernel):
-    return triton.autotune(configs=bwd_configs(), key=["T", "D_PAD", "N_PAD", "REP"],
+    return triton.autotune(configs=bwd_configs(), key=["T", "D_PAD", "N_PAD", "REP", "IS_VARLEN"],
                            prune_configs_by={"early_config_prune": prune_wide(64 * 64)})(kernel)
 
 
@@ -272,11 +282,11 @@ _sisa_bwd_dkv_tuned = _tuned(_sisa_bwd_dkv_kernel)
 _sisa_bwd_dq_tuned = _tuned(_sisa_bwd_dq_kernel)
 
 
-def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, config=None):
+def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, config=None, bounds=None):
     """Gradients of sisa_attn. dout, out (b, t, h, d); lse (b, h, t) float32.
 
     config: optional {"BLOCK_OUT": .., "BLOCK_IN": ..} (BLOCK_OUT a multiple of
-    BLOCK_IN) for both kernels, bypassing the autotuner.
+    BLOCK_IN) for both kernels, bypassing the autotuner. bounds: as in sisa_attn_fwd.
     Returns (dq, dk, dv, dC_rot, dB_rot, dg, dlam) with each input's shape and dtype
     (dlam in float32; the caller casts).
     """
@@ -312,14 +322,14 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     common = (*q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
               *dout.stride())
     grid = lambda meta: (triton.cdiv(t, meta["BLOCK_OUT"]), h, b)
-    consts = dict(D_PAD=d_pad, N_PAD=n_pad, UPCAST=upcast)
+    consts = dict(D_PAD=d_pad, N_PAD=n_pad, IS_VARLEN=bounds is not None, UPCAST=upcast)
     tail = (h, t, d, n, rep, float(softmax_scale))
     blocks = ("BLOCK_OUT", "BLOCK_IN")
     launch(_sisa_bwd_dkv_tuned, _sisa_bwd_dkv_kernel, grid,
-           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk_h, dv_h, dbr, col_g,
+           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk_h, dv_h, dbr, col_g, bounds,
             *common, *dk_h.stride(), *dbr.stride(), *tail), consts, config, t, blocks)
     launch(_sisa_bwd_dq_tuned, _sisa_bwd_dq_kernel, grid,
-           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dq, dcr, row_g,
+           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dq, dcr, row_g, bounds,
             *common, *dq.stride(), *dcr.stride(), *tail), consts, config, t, blocks)
     if rep == 1:
         dk, dv = dk_h, dv_h

@@ -19,20 +19,20 @@ from typing import Optional
 
 import torch
 
-from .attention import sisa_attn_fwd
+from .attention import sequence_bounds, sisa_attn_fwd
 from .attention_bwd import sisa_attn_bwd
 
 
 @torch.library.custom_op("sisa_kernels::sisa_attn_fwd", mutates_args=())
 def _attn_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C_rot: torch.Tensor,
                  B_rot: torch.Tensor, g: torch.Tensor, lam: torch.Tensor,
-                 softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 softmax_scale: float, bounds: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out (b, t, h, d) in q's dtype, lse (b, h, t) float32)."""
-    return sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale)
+    return sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, bounds=bounds)
 
 
 @_attn_fwd_op.register_fake
-def _(q, k, v, C_rot, B_rot, g, lam, softmax_scale):
+def _(q, k, v, C_rot, B_rot, g, lam, softmax_scale, bounds=None):
     b, t, h, d = q.shape
     return q.new_empty((b, t, h, d)), q.new_empty((b, h, t), dtype=torch.float32)
 
@@ -40,33 +40,34 @@ def _(q, k, v, C_rot, B_rot, g, lam, softmax_scale):
 @torch.library.custom_op("sisa_kernels::sisa_attn_bwd", mutates_args=())
 def _attn_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  C_rot: torch.Tensor, B_rot: torch.Tensor, g: torch.Tensor, lam: torch.Tensor,
-                 out: torch.Tensor, lse: torch.Tensor, softmax_scale: float
+                 out: torch.Tensor, lse: torch.Tensor, softmax_scale: float,
+                 bounds: Optional[torch.Tensor] = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                             torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dq, dk, dv, dC_rot, dB_rot, dg, dlam), each shaped and typed like its input."""
     dq, dk, dv, dcr, dbr, dg, dlam = sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse,
-                                                   softmax_scale)
+                                                   softmax_scale, bounds=bounds)
     return dq, dk, dv, dcr, dbr, dg, dlam.to(lam.dtype)
 
 
 @_attn_bwd_op.register_fake
-def _(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale):
+def _(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, bounds=None):
     # The kernels write contiguous gradients whatever the inputs' strides.
     return tuple(x.new_empty(x.shape) for x in (q, k, v, C_rot, B_rot, g, lam))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, C_rot, B_rot, g, lam, softmax_scale = inputs
+    q, k, v, C_rot, B_rot, g, lam, softmax_scale, bounds = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, C_rot, B_rot, g, lam, out, lse)
+    ctx.save_for_backward(q, k, v, C_rot, B_rot, g, lam, out, lse, bounds)
     ctx.softmax_scale = softmax_scale
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, C_rot, B_rot, g, lam, out, lse = ctx.saved_tensors
-    grads = _attn_bwd_op(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, ctx.softmax_scale)
-    return (*grads, None)
+    q, k, v, C_rot, B_rot, g, lam, out, lse, bounds = ctx.saved_tensors
+    grads = _attn_bwd_op(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, ctx.softmax_scale, bounds)
+    return (*grads, None, None)
 
 
 _attn_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -74,9 +75,12 @@ _attn_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def sisa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C_rot: torch.Tensor,
               B_rot: torch.Tensor, g: torch.Tensor, lam: torch.Tensor,
-              softmax_scale: Optional[float] = None) -> torch.Tensor:
-    """Fused causal SISA attention (shapes in the module docstring); differentiable."""
+              softmax_scale: Optional[float] = None, cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused causal SISA attention (shapes in the module docstring); differentiable.
+    cu_seqlens: optional int32 (n_seqs + 1,) of a packed batch (b = 1, not checked):
+    no token attends across a sequence boundary; one launch set whatever n_seqs."""
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
-    out, _ = _attn_fwd_op(q, k, v, C_rot, B_rot, g, lam.contiguous(), float(softmax_scale))  # kernels read lam[h]
+    bounds = None if cu_seqlens is None else sequence_bounds(cu_seqlens, q.shape[1])
+    out, _ = _attn_fwd_op(q, k, v, C_rot, B_rot, g, lam.contiguous(), float(softmax_scale), bounds)
     return out

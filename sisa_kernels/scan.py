@@ -101,10 +101,9 @@ def _segments(rows, mask_t, i_b, i_h, H, T, CU, SEQ, IS_VARLEN: tl.constexpr):
 
 @triton.jit
 def _at_row(x, dt, row):
-    """x's entry (along axis 0) at chunk row ``row``, exactly (a masked sum)."""
-    if len(x.shape) == 1:
-        return tl.sum(tl.where(dt == row, x, 0.0), 0)
-    return tl.sum(tl.where(dt[:, None] == row, x, 0.0), 0)
+    """x's entry along axis 0 at chunk row ``row``, exactly (a masked sum); dt: the
+    chunk's row offsets, shaped to broadcast against x."""
+    return tl.sum(tl.where(dt == row, x, 0.0), 0)
 
 
 @triton.jit
@@ -157,7 +156,7 @@ def _scan_fwd_kernel(
         th += tl.where(((dt == 0) & (is_start == 0))[:, None], phi_carry[None, :], 0.0)
         phi = _seg_cumsum(th, tl.broadcast_to(is_start[:, None], th.shape), False)
         tl.store(PHI_LAST + at, phi, mask=mask & (is_end != 0)[:, None])
-        phi_carry = _at_row(phi, dt, tl.minimum(T - t0, BLOCK_T) - 1)
+        phi_carry = _at_row(phi, dt[:, None], tl.minimum(T - t0, BLOCK_T) - 1)
         cos, sin = tl.cos(phi), tl.sin(phi)
 
         in_x = rows[:, None] * s_ct + (2 * p)[None, :] * s_cn      # x = z[2m]; y = z[2m+1]
@@ -224,7 +223,7 @@ def _scan_bwd_kernel(
         th = tl.load(TH + i_b * s_tb + rows[:, None] * s_tt + i_h * s_th + p[None, :] * s_tp,
                      mask=mask, other=0.0).to(ACC)
         th_after = _seg_cumsum(th + tl.where(carry_in, th_carry[None, :], 0.0), ends, True)
-        th_carry = _at_row(th_after, dt, 0)
+        th_carry = _at_row(th_after, dt[:, None], 0)
         phi = tl.load(PHI_LAST + at, mask=mask, other=0.0).to(ACC) - (th_after - th)
         cos, sin = tl.cos(phi), tl.sin(phi)
 
@@ -236,7 +235,7 @@ def _scan_bwd_kernel(
         if HAS_DBR:
             dphi += _rotate_tile_bwd(b_base, DBR, DB, in_x, s_cn, out_x, mask, cos, sin, ACC)
         dth = _seg_cumsum(dphi + tl.where(carry_in, dphi_carry[None, :], 0.0), ends, True)
-        dphi_carry = _at_row(dth, dt, 0)
+        dphi_carry = _at_row(dth, dt[:, None], 0)
         dt_off = ((i_b * T + rows[:, None]) * H + i_h) * P + p[None, :]
         tl.store(DTH + dt_off, dth.to(DTH.dtype.element_ty), mask=mask)
         tl.store(DPHI0 + at, dth, mask=mask & (is_start != 0)[:, None])

@@ -39,17 +39,19 @@ def err(a, b):
     return (a.double() - b.double()).abs().max().item()
 
 
-def check_parity(inputs, seed=1):
+def check_parity(inputs, seed=1, kernel=sisa_attn, naive=naive_attention):
+    """kernel(*inputs, scale) against naive(*inputs, scale, upcast=...) in float64,
+    forward and all gradients, by FlashAttention's rule."""
     q = inputs[0]
     dtype = q.dtype
     scale = 1.0 / math.sqrt(q.shape[-1])
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
-    ref_out, ref_grads = run(naive_attention, [x.double() for x in inputs], dout.double(), scale)
-    out, grads = run(sisa_attn, inputs, dout, scale)
+    ref_out, ref_grads = run(naive, [x.double() for x in inputs], dout.double(), scale)
+    out, grads = run(kernel, inputs, dout, scale)
     assert out.dtype == dtype and out.shape == q.shape
-    low = [run(naive_attention, inputs, dout, scale)]
+    low = [run(naive, inputs, dout, scale)]
     if dtype != torch.float32:
-        low.append(run(lambda *a: naive_attention(*a, upcast=False), inputs, dout, scale))
+        low.append(run(lambda *a: naive(*a, upcast=False), inputs, dout, scale))
     floor = FLOOR[dtype]
 
     base = max(err(o, ref_out) for o, _ in low)
@@ -85,6 +87,30 @@ CASES = [
                               f"{'strong' if c[7] == STRONG else 'weak'}" for c in CASES])
 def test_forward_and_grads(b, t, h, hk, d, n, dtype, log_alpha):
     check_parity(make_inputs(b, t, h, hk, d, n, dtype, log_alpha))
+
+
+VARLEN = {"many short": [1, 3, 2, 7, 1, 5, 1, 4, 2, 6, 3], "spans tiles": [40, 1, 37],
+          "with empty": [0, 9, 0, 0, 12]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("lengths", list(VARLEN.values()), ids=list(VARLEN))
+def test_varlen_equals_per_sequence_loop(lengths, dtype):
+    """cu_seqlens inside the kernels: packed sequences (length 1, several tiles, empty)
+    with GQA and strong decay, forward and every gradient, against a loop of float64
+    naive attention over the sequences (g restarts do not change g_i - g_j)."""
+    total = sum(lengths)
+    inputs = make_inputs(1, total, 4, 2, 24, 8, dtype, STRONG, seed=len(lengths))
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+    spans = list(zip(cu.tolist(), cu.tolist()[1:]))
+
+    def packed(*a):
+        return sisa_attn(*a, cu_seqlens=cu)
+
+    def looped(q, k, v, C_rot, B_rot, g, lam, scale, upcast=True):
+        return torch.cat([naive_attention(*(x[:, a:b] for x in (q, k, v, C_rot, B_rot, g)), lam, scale, upcast)
+                          for a, b in spans], dim=1)
+    check_parity(inputs, kernel=packed, naive=looped)
 
 
 def test_lse_and_tile_reference():
@@ -174,3 +200,40 @@ def test_torch_compile_fullgraph():
     f(*ys).backward()
     for name, a, c in zip(NAMES, xs, ys):
         assert torch.allclose(a.grad, c.grad, rtol=1e-6, atol=1e-6), name
+
+
+def count_launches(monkeypatch, fn):
+    """How many Triton kernels ``fn()`` launches (compiled or interpreted)."""
+    import triton.runtime.interpreter as interpreter
+    import triton.runtime.jit as jit
+    calls = []
+    for cls in (jit.JITFunction, interpreter.InterpretedFunction):
+        original = cls.run
+
+        def run(self, *args, _original=original, **kwargs):
+            calls.append(self)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "run", run)
+    fn()
+    monkeypatch.undo()
+    return len(calls)
+
+
+def test_varlen_launches_do_not_depend_on_sequence_count(monkeypatch):
+    """2 or 16 packed sequences of the same total length: the same kernel launches
+    (scan, attention forward, and both backward passes), no per-sequence loop."""
+    import sisa
+    total = 64
+    x = make_scanned(1, total, 2, 1, 16, 4, torch.float32, WEAK, DEVICE)[:3]
+    gen = torch.Generator().manual_seed(0)
+    C, B = (torch.randn(1, total, 2, 4, generator=gen).to(DEVICE) for _ in range(2))
+    la, theta, lam = -0.1 * torch.rand(1, total, 2).to(DEVICE), torch.randn(1, total, 2, 2).to(DEVICE), torch.ones(2)
+
+    def step(n_seqs):
+        cu = torch.linspace(0, total, n_seqs + 1).round().to(torch.int32).to(DEVICE)
+        leaves = [t.detach().clone().requires_grad_() for t in (*x, C, B, la, theta)]
+        out = sisa.sisa_attention(*leaves, lam.to(DEVICE), backend="triton", cu_seqlens=cu, check_inputs=False)
+        out.sum().backward()
+    step(2)                                                    # compile / warm up outside the count
+    counts = {n: count_launches(monkeypatch, lambda n=n: step(n)) for n in (2, 16)}
+    assert counts[2] == counts[16] and counts[2] >= 4, counts

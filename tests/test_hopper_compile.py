@@ -12,17 +12,19 @@ import pytest
 import torch
 
 ATTENTION = r"""
+import itertools
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sisa_kernels import attention, attention_bwd
 
 PTRS = {"G": "*fp32", "LAM": "*fp32", "LSE": "*fp32", "DELTA": "*fp32", "DK": "*fp32", "DV": "*fp32",
-        "COLG": "*fp32", "ROWG": "*fp32"}
-for fn, blocks in ((attention._sisa_fwd_kernel, dict(BLOCK_M=128, BLOCK_N=64)),
-                   (attention_bwd._sisa_bwd_dkv_kernel, dict(BLOCK_OUT=128, BLOCK_IN=32)),
-                   (attention_bwd._sisa_bwd_dq_kernel, dict(BLOCK_OUT=128, BLOCK_IN=32))):
-    consts = dict(D_PAD=64, N_PAD=16, UPCAST=False, **blocks)
+        "COLG": "*fp32", "ROWG": "*fp32", "SEQ_START": "*i32", "BOUNDS": "*i32"}
+for (fn, blocks), varlen in itertools.product(
+        ((attention._sisa_fwd_kernel, dict(BLOCK_M=128, BLOCK_N=64)),
+         (attention_bwd._sisa_bwd_dkv_kernel, dict(BLOCK_OUT=128, BLOCK_IN=32)),
+         (attention_bwd._sisa_bwd_dq_kernel, dict(BLOCK_OUT=128, BLOCK_IN=32))), (False, True)):
+    consts = dict(D_PAD=64, N_PAD=16, UPCAST=False, IS_VARLEN=varlen, **blocks)
     ints = ("H", "T", "D", "N", "REP")
     sig = {a: "constexpr" if a in consts else "fp32" if a == "qk_scale" else
            "i32" if a in ints or a.islower() else PTRS.get(a, "*bf16") for a in fn.arg_names}
@@ -40,17 +42,19 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sisa_kernels import augment, decode, scan
 
-F32 = {"LA", "G", "G_STATE", "PHI_STATE", "PHI_LAST", "DG", "DLA", "DG_STATE", "DPHI_STATE", "LAM", "S", "OFF",
-       "DS", "PART_O", "PART_L"}
+F32 = {"LA", "G", "G0", "PHI0", "G_LAST", "PHI_LAST", "DG", "DLA", "DG_LAST", "DPHI_LAST", "DG0", "DPHI0",
+       "LAM", "S", "OFF", "DS", "PART_O", "PART_L"}
+I32 = {"CU", "SEQ"}
 PTRS = {
-    scan._scan_fwd_kernel: "C B LA TH CR BR G G_STATE PHI_STATE",
-    scan._scan_bwd_kernel: "C B TH PHI_LAST DCR DBR DG DC DB DLA DTH DG_STATE DPHI_STATE",
+    scan._scan_fwd_kernel: "C B LA TH CR BR G G0 PHI0 G_LAST PHI_LAST CU SEQ",
+    scan._scan_bwd_kernel: "C B TH PHI_LAST DCR DBR DG DC DB DLA DTH DG_LAST DPHI_LAST DG0 DPHI0 CU SEQ",
     augment._augment_fwd_kernel: "Q K CR BR G S OFF QH KH",
     augment._augment_bwd_kernel: "DQH DKH CR BR G S OFF DQ DK DCR DBR DG DS",
     decode._decode_split_kernel: "Q K V CR BR G LAM PART_O PART_L",
     decode._decode_merge_kernel: "PART_O PART_L OUT",
 }
-CONSTS = dict(ACC=tl.float32, BLOCK_T=64, BLOCK_P=16, HAS_DCR=True, HAS_DBR=True, HAS_DG=True, HAS_DQH=True,
+CONSTS = dict(ACC=tl.float32, BLOCK_T=64, BLOCK_P=16, IS_VARLEN=True, HAS_DCR=True, HAS_DBR=True, HAS_DG=True,
+              HAS_DQH=True,
               HAS_DKH=True, BLOCK_D=64, BLOCK_N=16, D_PAD=128, N_PAD=16, SPLITS_PAD=16)
 for fn, ptrs in PTRS.items():
     ptrs = set(ptrs.split())
@@ -59,7 +63,8 @@ for fn, ptrs in PTRS.items():
         if p.is_constexpr:
             consts[a], sig[a] = CONSTS[a], "constexpr"
         else:
-            sig[a] = ("*fp32" if a in F32 else "*bf16") if a in ptrs else "fp32" if a == "qk_scale" else "i32"
+            sig[a] = (("*fp32" if a in F32 else "*i32" if a in I32 else "*bf16") if a in ptrs
+                      else "fp32" if a == "qk_scale" else "i32")
     triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                    options=dict(num_warps=4))
 """
