@@ -9,8 +9,9 @@ softmax in float32 in base 2 (log2 e folded into the two logit scales).
 The decay is taken inside the tile, never factorised over the sequence:
 - key blocks strictly below the diagonal (every key j < m0, the query block's
   first row) use exp(g_i - g_j) = exp(g_i - g_m0) * exp(g_m0 - g_j), both <= 1:
-  the Cr rows are scaled once per query block (BLOCK_M exps), the Br rows once
-  per key block (BLOCK_N exps), then one (BM x n)(n x BN) product;
+  the Cr rows are scaled once per query block (BLOCK_M exps); the key factors
+  (BLOCK_N exps per key block) scale the columns of the (BM x n)(n x BN) product,
+  so no operand is rescaled and written back to shared memory inside the loop;
 - key blocks on the diagonal use exp(min(g_i - g_j, 0)) per element (a min that keeps
   NaN), with the exponent set to 0 where the causal mask removes the entry (no inf * 0);
 - key blocks above the diagonal are skipped.
@@ -122,14 +123,19 @@ def logit_scales(LAM, hi, qk_scale):
 
 
 @triton.jit
+def load_g(g_base, idx, ok, sg_t):
+    """g at positions idx, float32. It stays in natural units: scaling g by log2 e
+    before the difference g_i - g_j would round each |g| ~ 1e4 term by ~1e-3."""
+    return tl.load(g_base + idx * sg_t, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def query_rows(q_base, c_base, g_base, rows, row_ok, m0, sq_t, sq_d, sc_t, sc_n, sg_t,
                offs_d, d_ok, offs_s, s_ok):
-    """A query block's q and raw Cr tiles, its g rows (float32) and g at its first row m0."""
+    """A query block's q and raw Cr tiles, its g rows and g at its first row m0."""
     q = load_rows(q_base, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
     cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
-    g_i = tl.load(g_base + rows * sg_t, mask=row_ok, other=0.0).to(tl.float32)
-    g_m0 = tl.load(g_base + m0.to(tl.int64) * sg_t).to(tl.float32)
-    return q, cr, g_i, g_m0
+    return q, cr, load_g(g_base, rows, row_ok, sg_t), load_g(g_base, m0.to(tl.int64), True, sg_t)
 
 
 @triton.jit
@@ -150,12 +156,13 @@ def key_tile(q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_ba
              BLOCK_N: tl.constexpr, DIAG: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr):
     """Key tile [n0, n0 + BLOCK_N) against a query block (rows offs_m), as the forward
     and the dq backward both use it. Returns (k, v, br, dec, keep, x, s): the k, v
-    tiles; br as multiplied; the decay and the causal mask (DIAG only); the SSM
-    product x = dec * (cr br^T); and the base-2 logits s, unmasked.
+    and raw Br tiles; the decay factor of cr's products and the mask; the SSM
+    product x = dec * (cr br^T); the base-2 logits s, unmasked.
 
-    DIAG False: keys j < m0; cr holds Cr_i exp(g_i - g_m0) and br is scaled here
-    by exp(g_m0 - g_j) (both <= 1); dec is 1 and keep True (IS_VARLEN: keys of the
-    row's own sequence, j >= start_i; the factors stay <= 1 on the others).
+    DIAG False: keys j < m0; cr holds Cr_i exp(g_i - g_m0) and dec is the column
+    factor exp(g_m0 - g_j) (both <= 1), applied to the product, never written back
+    to an operand; keep is True (IS_VARLEN: keys of the row's own sequence, j >=
+    start_i; the factors stay <= 1 on the others).
     DIAG True: cr holds the raw Cr rows; dec = exp(min(g_i - g_j, 0)) with the
     exponent set to 0 where the mask removes the entry (no inf * 0).
     """
@@ -165,21 +172,19 @@ def key_tile(q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_ba
     k = load_rows(k_base, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
     v = load_rows(v_base, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
     br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
-    g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
+    g_j = load_g(g_base, cols, col_ok, sg_t)
     if DIAG:
         keep = (offs_m[:, None] >= offs_j[None, :]) & col_ok[None, :] & (offs_m < T)[:, None]
         if IS_VARLEN:
             keep &= offs_j[None, :] >= start_i[:, None]
         dec = tl.exp(tl.where(keep, neg_part(g_i[:, None] - g_j[None, :]), 0.0))
-        x = tile_dot(cr, tl.trans(br), UPCAST) * dec
-    else:                     # the decay is folded into cr and br
+    else:
         if IS_VARLEN:
             keep = offs_j[None, :] >= start_i[:, None]
         else:
             keep = True
-        dec = 1.0
-        br = (br.to(tl.float32) * tl.exp(neg_part(g_m0 - g_j))[:, None]).to(br.dtype)
-        x = tile_dot(cr, tl.trans(br), UPCAST)
+        dec = tl.exp(neg_part(g_m0 - g_j))[None, :]
+    x = tile_dot(cr, tl.trans(br), UPCAST) * dec
     s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + x * s_scale
     return k, v, br, dec, keep, x, s
 

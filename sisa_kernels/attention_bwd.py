@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import (block_offsets, interpreting, key_tile, launch, load_rows, logit_scales, neg_part, padded,
-                        prune_wide, query_rows, sequence_starts, tile_dot, upcast_dot)
+from .attention import (block_offsets, interpreting, key_tile, launch, load_g, load_rows, logit_scales, neg_part,
+                        padded, prune_wide, query_rows, sequence_starts, tile_dot, upcast_dot)
 
 
 def bwd_configs():
@@ -64,10 +64,11 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
     """Accumulate over the query blocks in [m_lo, m_hi) for a fixed key block, in the
     transposed (keys x queries) orientation.
 
-    DIAG False: queries i > g_a's index >= every key; br holds Br_j exp(g_a - g_j), each
-    Cr row is scaled by exp(g_i - g_a) here, and acc_db gets dS^T (Cr_i exp(g_i - g_a)).
-    DIAG True: br holds the raw Br rows; per-element decay under the causal mask, and
-    acc_db gets (dS * D)^T Cr. IS_VARLEN: a query sees only keys of its own sequence.
+    DIAG False: queries i > a >= every key; br holds Br_j
+    exp(g_a - g_j); the row factor exp(g_i - g_a) scales the products (dec), never an
+    operand. DIAG True: br holds the raw Br rows; per-element decay under the causal
+    mask. Either way x = dec * (br cr^T) and acc_db gets (dS * dec)^T Cr.
+    IS_VARLEN: a query sees only keys of its own sequence.
     """
     for m0 in range(m_lo, m_hi, BLOCK_IN):
         offs_i = m0 + tl.arange(0, BLOCK_IN)
@@ -76,7 +77,7 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
         q = load_rows(q_base, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
         do = load_rows(do_base, rows, row_ok, sdo_t, offs_d, d_ok, sdo_d)
         cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
-        g_i = tl.load(g_base + rows * sg_t, mask=row_ok, other=0.0).to(tl.float32)
+        g_i = load_g(g_base, rows, row_ok, sg_t)
         lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
         keep = row_ok[None, :]
@@ -85,20 +86,16 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
         if DIAG:
             keep &= offs_i[None, :] >= offs_n[:, None]
             dec = tl.exp(tl.where(keep, neg_part(g_i[None, :] - g_j[:, None]), 0.0))
-            x_t = tile_dot(br, tl.trans(cr), UPCAST) * dec             # X^T (keys x queries)
         else:
-            cr = (cr.to(tl.float32) * tl.exp(neg_part(g_i - g_a))[:, None]).to(cr.dtype)
-            x_t = tile_dot(br, tl.trans(cr), UPCAST)
+            dec = tl.exp(neg_part(g_i - g_a))[None, :]
+        x_t = tile_dot(br, tl.trans(cr), UPCAST) * dec                 # X^T (keys x queries)
         s_t = tile_dot(k, tl.trans(q), UPCAST) * c_scale + x_t * s_scale
         p_t = tl.where(keep, tl.exp2(s_t - lse[None, :]), 0.0)
         acc_dv += tile_dot(p_t.to(do.dtype), do, UPCAST)
         dp_t = tile_dot(v, tl.trans(do), UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
         acc_dk += tile_dot(ds_t.to(q.dtype), q, UPCAST)
-        if DIAG:
-            acc_db += tile_dot((ds_t * dec).to(cr.dtype), cr, UPCAST)
-        else:
-            acc_db += tile_dot(ds_t.to(cr.dtype), cr, UPCAST)
+        acc_db += tile_dot((ds_t * dec).to(cr.dtype), cr, UPCAST)
         col_g += tl.sum(ds_t * x_t, 1)
     return acc_dk, acc_dv, acc_db, col_g
 
@@ -133,7 +130,7 @@ def _sisa_bwd_dkv_kernel(
     b_base = BR + bi * sb_b + hi * sb_h
     br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
     g_base = G + bi * sg_b + hi * sg_h
-    g_j = tl.load(g_base + cols * sg_t, mask=col_ok, other=0.0).to(tl.float32)
+    g_j = load_g(g_base, cols, col_ok, sg_t)
     lam, c_scale, s_scale = logit_scales(LAM, hi, qk_scale)
     q_base = Q + bi * sq_b + hi * sq_h
     do_base = DO + bi * sdo_b + hi * sdo_h
@@ -148,7 +145,7 @@ def _sisa_bwd_dkv_kernel(
     # Query blocks below the key block: anchor a = the block's last key (<= every
     # query, >= every key); the key factor exp(g_a - g_j) <= 1 goes on the Br rows once.
     a = tl.minimum(n0 + BLOCK_OUT - 1, T - 1)
-    g_a = tl.load(g_base + a.to(tl.int64) * sg_t).to(tl.float32)
+    g_a = load_g(g_base, a.to(tl.int64), True, sg_t)
     if IS_VARLEN:
         m_hi = tl.load(BOUNDS + T + a)                  # no later query sees these keys
     else:
@@ -185,8 +182,8 @@ def _dq_blocks(acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, 
                offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
                BLOCK_IN: tl.constexpr, DIAG: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr):
     """Accumulate over the key blocks in [n_lo, n_hi) for a fixed query block (the
-    forward's key_tile recomputes the logits). acc_dc gets dS (Br_j exp(g_m0 - g_j))
-    below the diagonal (DIAG False) and (dS * D) Br on it (DIAG True)."""
+    forward's key_tile recomputes the logits). acc_dc gets (dS * dec) Br: with the
+    column factor exp(g_m0 - g_j) below the diagonal (DIAG False), D on it (True)."""
     for n0 in range(n_lo, n_hi, BLOCK_IN):
         k, v, br, dec, keep, x, s = key_tile(
             q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
@@ -198,10 +195,7 @@ def _dq_blocks(acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, 
         dp = tile_dot(do, tl.trans(v), UPCAST)
         ds = p * (dp - delta[:, None])
         acc_dq += tile_dot(ds.to(k.dtype), k, UPCAST)
-        if DIAG:
-            acc_dc += tile_dot((ds * dec).to(br.dtype), br, UPCAST)
-        else:
-            acc_dc += tile_dot(ds.to(br.dtype), br, UPCAST)
+        acc_dc += tile_dot((ds * dec).to(br.dtype), br, UPCAST)
         row_g += tl.sum(ds * x, 1)
     return acc_dq, acc_dc, row_g
 
