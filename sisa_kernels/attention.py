@@ -105,9 +105,11 @@ def load_rows(base, rows, row_ok, s_row, offs_c, col_ok, s_col):
 
 
 @triton.jit
-def block_offsets(start, T, D, N, BLOCK: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr):
+def block_offsets(start, T, D: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr, D_PAD: tl.constexpr,
+                  N_PAD: tl.constexpr):
     """Positions [start, start + BLOCK) and the head-dim / d_state columns, with their
-    masks: (offs, ok, idx (int64 offs), offs_d, d_ok, offs_s, s_ok)."""
+    masks: (offs, ok, idx (int64 offs), offs_d, d_ok, offs_s, s_ok). D and N are
+    constexpr: where they equal their padded widths the column masks fold away."""
     offs = start + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D_PAD)
     offs_s = tl.arange(0, N_PAD)
@@ -223,8 +225,8 @@ def _sisa_fwd_kernel(
     sb_b, sb_t, sb_h, sb_n,
     sg_b, sg_t, sg_h,
     so_b, so_t, so_h, so_d,
-    H, T, D, N, REP, qk_scale,
-    D_PAD: tl.constexpr, N_PAD: tl.constexpr,
+    H, T, REP, qk_scale,
+    D: tl.constexpr, N: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)     # longest rows first (causal balance)
@@ -270,7 +272,7 @@ def _sisa_fwd_kernel(
 
 
 _sisa_fwd_tuned = triton.autotune(
-    configs=fwd_configs(), key=["T", "D_PAD", "N_PAD", "REP", "IS_VARLEN"],
+    configs=fwd_configs(), key=["T", "D", "N", "REP", "IS_VARLEN"],
     prune_configs_by={"early_config_prune": prune_wide(128 * 64)})(_sisa_fwd_kernel)
 
 
@@ -327,8 +329,8 @@ def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None, bou
     grid = lambda meta: (triton.cdiv(t, meta["BLOCK_M"]), h, b)
     args = (q, k, v, C_rot, B_rot, g, lam, out, lse, bounds,
             *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
-            *out.stride(), h, t, d, n, h // hk, float(softmax_scale))
-    consts = dict(D_PAD=padded(d), N_PAD=padded(n), IS_VARLEN=bounds is not None,
+            *out.stride(), h, t, h // hk, float(softmax_scale))
+    consts = dict(D=d, N=n, D_PAD=padded(d), N_PAD=padded(n), IS_VARLEN=bounds is not None,
                   UPCAST=upcast_dot(q.dtype, C_rot.dtype))
     launch(_sisa_fwd_tuned, _sisa_fwd_kernel, grid, args, consts, config, t, ("BLOCK_M", "BLOCK_N"))
     return out, lse

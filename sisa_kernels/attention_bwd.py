@@ -9,9 +9,10 @@ D_ij = exp(g_i - g_j) and the raw SSM product X = D * (Cr Br^T):
 
 Kernels:
 - ``_sisa_bwd_delta_kernel``: delta = rowsum(dO * O), float32 (b, h, t).
-- ``_sisa_bwd_dkv_kernel``: one program per (key block, q-head, batch), looping
-  over the query blocks at and below it: dk, dv (per q-head; GQA groups are summed
-  afterwards with torch), dBr and the column sums of G.
+- ``_sisa_bwd_dkv_kernel``: one program per (key block, kv head, batch), looping
+  over the kv head's query heads and, for each, the query blocks at and below the
+  key block: dk, dv (summed over the GQA group in registers, written once in k's
+  dtype), and per query head dBr and the column sums of G.
 - ``_sisa_bwd_dq_kernel``: one program per (query block, head, batch), looping
   over the key blocks at and left of it: dq, dCr and the row sums of G.
 Both kernels recompute P from the forward's lse. Off-diagonal tiles use the
@@ -112,68 +113,70 @@ def _sisa_bwd_dkv_kernel(
     sdo_b, sdo_t, sdo_h, sdo_d,
     sdk_b, sdk_t, sdk_h, sdk_d,
     sdb_b, sdb_t, sdb_h, sdb_n,
-    H, T, D, N, REP, qk_scale,
-    D_PAD: tl.constexpr, N_PAD: tl.constexpr,
+    H, T, REP, qk_scale,
+    D: tl.constexpr, N: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """Keys j in [n0, n0 + BLOCK_OUT) fixed; loop over query blocks of BLOCK_IN rows
-    (IS_VARLEN: up to the end of the last key's sequence, BOUNDS = sequence_bounds)."""
-    hi = tl.program_id(1).to(tl.int64)
+    """Keys j in [n0, n0 + BLOCK_OUT) of kv head hk fixed; for each of its REP query
+    heads in turn, loop over query blocks of BLOCK_IN rows (IS_VARLEN: up to the end of
+    the last key's sequence, BOUNDS = sequence_bounds). dK, dV sum over the group
+    in registers, in a fixed order (deterministic), and are written once."""
+    hk = tl.program_id(1).to(tl.int64)
     bi = tl.program_id(2).to(tl.int64)
-    hk = hi // REP
     n0 = tl.program_id(0) * BLOCK_OUT
 
     offs_n, col_ok, cols, offs_d, d_ok, offs_s, s_ok = block_offsets(n0, T, D, N, BLOCK_OUT, D_PAD, N_PAD)
-
     k = load_rows(K + bi * sk_b + hk * sk_h, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
     v = load_rows(V + bi * sv_b + hk * sv_h, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
-    b_base = BR + bi * sb_b + hi * sb_h
-    br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
-    g_base = G + bi * sg_b + hi * sg_h
-    g_j = load_g(g_base, cols, col_ok, sg_t)
-    lam, c_scale, s_scale = logit_scales(LAM, hi, qk_scale)
-    q_base = Q + bi * sq_b + hi * sq_h
-    do_base = DO + bi * sdo_b + hi * sdo_h
-    c_base = CR + bi * sc_b + hi * sc_h
-    row_base = (bi * H + hi) * T
-
-    acc_dk = tl.zeros([BLOCK_OUT, D_PAD], dtype=tl.float32)
-    acc_dv = tl.zeros([BLOCK_OUT, D_PAD], dtype=tl.float32)
-    acc_db = tl.zeros([BLOCK_OUT, N_PAD], dtype=tl.float32)         # dBr / lam
-    col_g = tl.zeros([BLOCK_OUT], dtype=tl.float32)
-
     # Query blocks below the key block: anchor a = the block's last key (<= every
     # query, >= every key); the key factor exp(g_a - g_j) <= 1 goes on the Br rows once.
     a = tl.minimum(n0 + BLOCK_OUT - 1, T - 1)
-    g_a = load_g(g_base, a.to(tl.int64), True, sg_t)
     if IS_VARLEN:
         m_hi = tl.load(BOUNDS + T + a)                  # no later query sees these keys
     else:
         m_hi = T
-    key_f = tl.exp(neg_part(g_a - g_j))
-    br_f = (br.to(tl.float32) * key_f[:, None]).to(br.dtype)
-    acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
-        acc_dk, acc_dv, acc_db, col_g, k, v, br_f, g_j, g_a, offs_n, n0 + BLOCK_OUT, m_hi,
-        q_base, do_base, c_base, g_base, LSE, DELTA, BOUNDS, row_base,
-        sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-        BLOCK_IN, False, IS_VARLEN, UPCAST)
-    # From here on acc_db takes dS * D directly: give the off-diagonal part its key factor.
-    # The raw Br rows are loaded again (one Br tile live per phase).
-    acc_db = acc_db * key_f[:, None]
-    br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
-    acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
-        acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, n0, tl.minimum(n0 + BLOCK_OUT, T),
-        q_base, do_base, c_base, g_base, LSE, DELTA, BOUNDS, row_base,
-        sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-        BLOCK_IN, True, IS_VARLEN, UPCAST)
+    acc_dk = tl.zeros([BLOCK_OUT, D_PAD], dtype=tl.float32)
+    acc_dv = tl.zeros([BLOCK_OUT, D_PAD], dtype=tl.float32)
+
+    for r in range(0, REP):
+        hi = hk * REP + r
+        b_base = BR + bi * sb_b + hi * sb_h
+        br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
+        g_base = G + bi * sg_b + hi * sg_h
+        g_j = load_g(g_base, cols, col_ok, sg_t)
+        g_a = load_g(g_base, a.to(tl.int64), True, sg_t)
+        lam, c_scale, s_scale = logit_scales(LAM, hi, qk_scale)
+        q_base = Q + bi * sq_b + hi * sq_h
+        do_base = DO + bi * sdo_b + hi * sdo_h
+        c_base = CR + bi * sc_b + hi * sc_h
+        row_base = (bi * H + hi) * T
+        acc_db = tl.zeros([BLOCK_OUT, N_PAD], dtype=tl.float32)     # dBr / lam
+        col_g = tl.zeros([BLOCK_OUT], dtype=tl.float32)
+
+        key_f = tl.exp(neg_part(g_a - g_j))
+        br_f = (br.to(tl.float32) * key_f[:, None]).to(br.dtype)
+        acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
+            acc_dk, acc_dv, acc_db, col_g, k, v, br_f, g_j, g_a, offs_n, n0 + BLOCK_OUT, m_hi,
+            q_base, do_base, c_base, g_base, LSE, DELTA, BOUNDS, row_base,
+            sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+            BLOCK_IN, False, IS_VARLEN, UPCAST)
+        # From here on acc_db takes dS * D directly: give the off-diagonal part its key factor.
+        # The raw Br rows are loaded again (one Br tile live per phase).
+        acc_db = acc_db * key_f[:, None]
+        br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
+        acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
+            acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, n0, tl.minimum(n0 + BLOCK_OUT, T),
+            q_base, do_base, c_base, g_base, LSE, DELTA, BOUNDS, row_base,
+            sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
+            BLOCK_IN, True, IS_VARLEN, UPCAST)
+        tl.store(DBR + bi * sdb_b + hi * sdb_h + cols[:, None] * sdb_t + offs_s[None, :] * sdb_n,
+                 (lam * acc_db).to(DBR.dtype.element_ty), mask=col_ok[:, None] & s_ok[None, :])
+        tl.store(COLG + row_base + cols, col_g, mask=col_ok)
 
     kv_mask = col_ok[:, None] & d_ok[None, :]
-    dk_off = bi * sdk_b + hi * sdk_h + cols[:, None] * sdk_t + offs_d[None, :] * sdk_d
+    dk_off = bi * sdk_b + hk * sdk_h + cols[:, None] * sdk_t + offs_d[None, :] * sdk_d
     tl.store(DK + dk_off, (acc_dk * qk_scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + dk_off, acc_dv.to(DV.dtype.element_ty), mask=kv_mask)
-    tl.store(DBR + bi * sdb_b + hi * sdb_h + cols[:, None] * sdb_t + offs_s[None, :] * sdb_n,
-             (lam * acc_db).to(DBR.dtype.element_ty), mask=col_ok[:, None] & s_ok[None, :])
-    tl.store(COLG + row_base + cols, col_g, mask=col_ok)
 
 
 @triton.jit
@@ -212,8 +215,8 @@ def _sisa_bwd_dq_kernel(
     sdo_b, sdo_t, sdo_h, sdo_d,
     sdq_b, sdq_t, sdq_h, sdq_d,
     sdc_b, sdc_t, sdc_h, sdc_n,
-    H, T, D, N, REP, qk_scale,
-    D_PAD: tl.constexpr, N_PAD: tl.constexpr,
+    H, T, REP, qk_scale,
+    D: tl.constexpr, N: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Queries i in [m0, m0 + BLOCK_OUT) fixed; loop over key blocks of BLOCK_IN columns
@@ -268,7 +271,7 @@ def _sisa_bwd_dq_kernel(
 
 
 def _tuned(kernel):
-    return triton.autotune(configs=bwd_configs(), key=["T", "D_PAD", "N_PAD", "REP", "IS_VARLEN"],
+    return triton.autotune(configs=bwd_configs(), key=["T", "D", "N", "REP", "IS_VARLEN"],
                            prune_configs_by={"early_config_prune": prune_wide(64 * 64)})(kernel)
 
 
@@ -293,10 +296,8 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dcr = torch.empty_like(C_rot, memory_format=torch.contiguous_format)
     dbr = torch.empty_like(B_rot, memory_format=torch.contiguous_format)
-    # dk, dv per query head; GQA groups are summed afterwards (deterministic).
-    kv_dtype = k.dtype if rep == 1 else torch.float32
-    dk_h = torch.empty((b, t, h, d), dtype=kv_dtype, device=dev)
-    dv_h = torch.empty((b, t, h, d), dtype=kv_dtype, device=dev)
+    dk = torch.empty((b, t, hk, d), dtype=k.dtype, device=dev)      # GQA groups summed in the kernel
+    dv = torch.empty((b, t, hk, d), dtype=v.dtype, device=dev)
     delta = torch.empty((b, h, t), dtype=torch.float32, device=dev)
     row_g = torch.empty((b, h, t), dtype=torch.float32, device=dev)
     col_g = torch.empty((b, h, t), dtype=torch.float32, device=dev)
@@ -316,20 +317,16 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     common = (*q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
               *dout.stride())
     grid = lambda meta: (triton.cdiv(t, meta["BLOCK_OUT"]), h, b)
-    consts = dict(D_PAD=d_pad, N_PAD=n_pad, IS_VARLEN=bounds is not None, UPCAST=upcast)
-    tail = (h, t, d, n, rep, float(softmax_scale))
+    kv_grid = lambda meta: (triton.cdiv(t, meta["BLOCK_OUT"]), hk, b)
+    consts = dict(D=d, N=n, D_PAD=d_pad, N_PAD=n_pad, IS_VARLEN=bounds is not None, UPCAST=upcast)
+    tail = (h, t, rep, float(softmax_scale))
     blocks = ("BLOCK_OUT", "BLOCK_IN")
-    launch(_sisa_bwd_dkv_tuned, _sisa_bwd_dkv_kernel, grid,
-           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk_h, dv_h, dbr, col_g, bounds,
-            *common, *dk_h.stride(), *dbr.stride(), *tail), consts, config, t, blocks)
+    launch(_sisa_bwd_dkv_tuned, _sisa_bwd_dkv_kernel, kv_grid,
+           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk, dv, dbr, col_g, bounds,
+            *common, *dk.stride(), *dbr.stride(), *tail), consts, config, t, blocks)
     launch(_sisa_bwd_dq_tuned, _sisa_bwd_dq_kernel, grid,
            (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dq, dcr, row_g, bounds,
             *common, *dq.stride(), *dcr.stride(), *tail), consts, config, t, blocks)
-    if rep == 1:
-        dk, dv = dk_h, dv_h
-    else:
-        dk = dk_h.view(b, t, hk, rep, d).sum(3).to(k.dtype)
-        dv = dv_h.view(b, t, hk, rep, d).sum(3).to(v.dtype)
     dlam = row_g.sum(dim=(0, 2))
     dg = (lam32[None, :, None] * (row_g - col_g)).transpose(1, 2).contiguous().to(g.dtype)
     return dq, dk, dv, dcr, dbr, dg, dlam

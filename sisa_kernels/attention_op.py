@@ -62,6 +62,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, C_rot, B_rot, g, lam, out, lse, bounds)
     ctx.softmax_scale = softmax_scale
     ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)       # no zero-filled (b, h, t) gradient for lse
 
 
 def _backward(ctx, dout, dlse):

@@ -392,6 +392,7 @@ def _(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last, cu_seqlens=
 def _setup_context(ctx, inputs, output):
     C, B, log_alpha, theta, g0, phi0, cu_seqlens = inputs
     ctx.save_for_backward(C, B, theta, output[4], cu_seqlens)
+    ctx.set_materialize_grads(False)       # unused outputs (often g_last, phi_last) pass None
     ctx.la_dtype = log_alpha.dtype
     ctx.g0_dtype = g0.dtype if g0 is not None else None
     ctx.phi0_dtype = phi0.dtype if phi0 is not None else None
