@@ -23,20 +23,17 @@ Head dims and d_state are padded to powers of two (>= 16) with masked loads.
 16-bit inputs use 16-bit tensor-core products with float32 accumulation; float32
 inputs use three-pass TF32 ("tf32x3", about float32 accuracy) on a GPU.
 Under TRITON_INTERPRET=1 bf16 operands are upcast before tl.dot (the interpreter
-multiplies raw bf16 bit patterns) and fixed square blocks replace the autotuner.
+multiplies raw bf16 bit patterns) and fixed square blocks are used; on a GPU the
+tile config comes from ``sisa_kernels.configs`` (a fixed table; tuning is opt-in).
 """
 from __future__ import annotations
-
-import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from . import configs
+from .configs import interpreting
 
 
 def padded(x: int) -> int:
@@ -47,29 +44,6 @@ def padded(x: int) -> int:
 def upcast_dot(*dtypes: torch.dtype) -> bool:
     """The interpreter multiplies raw bf16 bit patterns in tl.dot: upcast there."""
     return interpreting() and torch.bfloat16 in dtypes
-
-
-def fwd_configs():
-    """Autotune space (GPU): Hopper-sized blocks, BLOCK_M a multiple of BLOCK_N (the
-    diagonal loop needs it). The interpreter skips the autotuner (see ``launch``)."""
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn in ((128, 64), (128, 128), (64, 64), (128, 32))
-        for w in (4, 8)
-        for s in (2, 3)
-    ]
-
-
-def prune_wide(max_area):
-    """Autotune pruner: when head dim + d_state (padded) exceed 192, keep only tiles of
-    at most max_area = block rows x block cols (shared memory and registers)."""
-    def prune(configs, named_args, **kwargs):
-        width = sum(named_args.get(k, kwargs.get(k, 0)) for k in ("D_PAD", "N_PAD"))
-        if width <= 192:
-            return configs
-        area = lambda c: math.prod(v for key, v in c.kwargs.items() if key.startswith("BLOCK"))
-        return [c for c in configs if area(c) <= max_area] or configs[:1]
-    return prune
 
 
 # float32 operands: three-pass TF32 on a GPU (tensor cores, ~float32 accuracy);
@@ -225,7 +199,7 @@ def _sisa_fwd_kernel(
     sb_b, sb_t, sb_h, sb_n,
     sg_b, sg_t, sg_h,
     so_b, so_t, so_h, so_d,
-    H, T, REP, qk_scale,
+    H, T, REP, qk_scale, T_BUCKET,                      # T_BUCKET: the opt-in autotuner's key only
     D: tl.constexpr, N: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -271,9 +245,7 @@ def _sisa_fwd_kernel(
     tl.store(LSE + (bi * H + hi) * T + rows, lse, mask=row_ok)
 
 
-_sisa_fwd_tuned = triton.autotune(
-    configs=fwd_configs(), key=["T", "D", "N", "REP", "IS_VARLEN"],
-    prune_configs_by={"early_config_prune": prune_wide(128 * 64)})(_sisa_fwd_kernel)
+_sisa_fwd_tuned = configs.autotuned(_sisa_fwd_kernel, "fwd")
 
 
 def check_inputs(q, k, v, C_rot, B_rot, g, lam):
@@ -283,20 +255,6 @@ def check_inputs(q, k, v, C_rot, B_rot, g, lam):
     assert C_rot.shape == B_rot.shape and C_rot.shape[:3] == (b, t, h), "C_rot, B_rot: (b, t, h, n)"
     assert g.shape == (b, t, h) and lam.shape == (h,), "g: (b, t, h), lam: (h,)"
     assert q.dtype == k.dtype == v.dtype and C_rot.dtype == B_rot.dtype, "dtype mismatch"
-
-
-def launch(tuned, kernel, grid, args, consts, config, t, block_names):
-    """Run the autotuned kernel, or the plain one with an explicit config dict
-    (block sizes plus optional num_warps / num_stages), e.g. for tests. The
-    interpreter gets square blocks without autotuning: 16 for short sequences
-    (fast tests), 64 beyond 128 tokens (fewer, larger numpy steps)."""
-    if config is None and interpreting():
-        blk = 16 if t <= 128 else 64
-        config = dict.fromkeys(block_names, blk)
-    if config is None:
-        tuned[grid](*args, **consts)
-    else:
-        kernel[grid](*args, **consts, **config)
 
 
 def sequence_bounds(cu_seqlens: torch.Tensor, t: int) -> torch.Tensor:
@@ -310,8 +268,8 @@ def sequence_bounds(cu_seqlens: torch.Tensor, t: int) -> torch.Tensor:
 def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None, bounds=None):
     """Launch the forward kernel. Shapes in the module docstring.
 
-    config: optional {"BLOCK_M": .., "BLOCK_N": ..} (BLOCK_M a multiple of BLOCK_N)
-    bypassing the autotuner. bounds: ``sequence_bounds`` of a packed batch (b = 1):
+    config: optional {"BLOCK_M": .., "BLOCK_N": ..} (BLOCK_M a multiple of BLOCK_N,
+    optionally num_warps / num_stages) instead of ``configs``' choice. bounds: ``sequence_bounds`` of a packed batch (b = 1):
     no row sees a key outside its own sequence. Returns (out (b, t, h, d) in q's
     dtype, lse (b, h, t) float32).
     """
@@ -329,8 +287,8 @@ def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None, bou
     grid = lambda meta: (triton.cdiv(t, meta["BLOCK_M"]), h, b)
     args = (q, k, v, C_rot, B_rot, g, lam, out, lse, bounds,
             *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
-            *out.stride(), h, t, h // hk, float(softmax_scale))
+            *out.stride(), h, t, h // hk, float(softmax_scale), configs.length_bucket(t))
     consts = dict(D=d, N=n, D_PAD=padded(d), N_PAD=padded(n), IS_VARLEN=bounds is not None,
                   UPCAST=upcast_dot(q.dtype, C_rot.dtype))
-    launch(_sisa_fwd_tuned, _sisa_fwd_kernel, grid, args, consts, config, t, ("BLOCK_M", "BLOCK_N"))
+    configs.launch(_sisa_fwd_kernel, _sisa_fwd_tuned, "fwd", grid, args, consts, config, t)
     return out, lse

@@ -25,19 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import (block_offsets, interpreting, key_tile, launch, load_g, load_rows, logit_scales, neg_part,
-                        padded, prune_wide, query_rows, sequence_starts, tile_dot, upcast_dot)
-
-
-def bwd_configs():
-    """Autotune space (GPU): BLOCK_OUT (the program's own block) is a multiple of
-    BLOCK_IN (the loop's block)."""
-    return [
-        triton.Config({"BLOCK_OUT": bo, "BLOCK_IN": bi}, num_warps=w, num_stages=s)
-        for bo, bi in ((128, 32), (64, 32), (128, 64), (64, 64))
-        for w in (4, 8)
-        for s in (2, 3)
-    ]
+from . import configs
+from .attention import (block_offsets, interpreting, key_tile, load_g, load_rows, logit_scales, neg_part, padded,
+                        query_rows, sequence_starts, tile_dot, upcast_dot)
 
 
 @triton.jit
@@ -113,7 +103,7 @@ def _sisa_bwd_dkv_kernel(
     sdo_b, sdo_t, sdo_h, sdo_d,
     sdk_b, sdk_t, sdk_h, sdk_d,
     sdb_b, sdb_t, sdb_h, sdb_n,
-    H, T, REP, qk_scale,
+    H, T, REP, qk_scale, T_BUCKET,                      # T_BUCKET: the opt-in autotuner's key only
     D: tl.constexpr, N: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -215,7 +205,7 @@ def _sisa_bwd_dq_kernel(
     sdo_b, sdo_t, sdo_h, sdo_d,
     sdq_b, sdq_t, sdq_h, sdq_d,
     sdc_b, sdc_t, sdc_h, sdc_n,
-    H, T, REP, qk_scale,
+    H, T, REP, qk_scale, T_BUCKET,                      # T_BUCKET: the opt-in autotuner's key only
     D: tl.constexpr, N: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -270,20 +260,16 @@ def _sisa_bwd_dq_kernel(
     tl.store(ROWG + row_base + rows, row_g, mask=row_ok)
 
 
-def _tuned(kernel):
-    return triton.autotune(configs=bwd_configs(), key=["T", "D", "N", "REP", "IS_VARLEN"],
-                           prune_configs_by={"early_config_prune": prune_wide(64 * 64)})(kernel)
-
-
-_sisa_bwd_dkv_tuned = _tuned(_sisa_bwd_dkv_kernel)
-_sisa_bwd_dq_tuned = _tuned(_sisa_bwd_dq_kernel)
+_sisa_bwd_dkv_tuned = configs.autotuned(_sisa_bwd_dkv_kernel, "dkv")
+_sisa_bwd_dq_tuned = configs.autotuned(_sisa_bwd_dq_kernel, "dq")
 
 
 def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, config=None, bounds=None):
     """Gradients of sisa_attn. dout, out (b, t, h, d); lse (b, h, t) float32.
 
     config: optional {"BLOCK_OUT": .., "BLOCK_IN": ..} (BLOCK_OUT a multiple of
-    BLOCK_IN) for both kernels, bypassing the autotuner. bounds: as in sisa_attn_fwd.
+    BLOCK_IN, optionally num_warps / num_stages) for both kernels instead of
+    ``configs``' choice. bounds: as in sisa_attn_fwd.
     Returns (dq, dk, dv, dC_rot, dB_rot, dg, dlam) with each input's shape and dtype
     (dlam in float32; the caller casts).
     """
@@ -319,14 +305,13 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     grid = lambda meta: (triton.cdiv(t, meta["BLOCK_OUT"]), h, b)
     kv_grid = lambda meta: (triton.cdiv(t, meta["BLOCK_OUT"]), hk, b)
     consts = dict(D=d, N=n, D_PAD=d_pad, N_PAD=n_pad, IS_VARLEN=bounds is not None, UPCAST=upcast)
-    tail = (h, t, rep, float(softmax_scale))
-    blocks = ("BLOCK_OUT", "BLOCK_IN")
-    launch(_sisa_bwd_dkv_tuned, _sisa_bwd_dkv_kernel, kv_grid,
-           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk, dv, dbr, col_g, bounds,
-            *common, *dk.stride(), *dbr.stride(), *tail), consts, config, t, blocks)
-    launch(_sisa_bwd_dq_tuned, _sisa_bwd_dq_kernel, grid,
-           (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dq, dcr, row_g, bounds,
-            *common, *dq.stride(), *dcr.stride(), *tail), consts, config, t, blocks)
+    tail = (h, t, rep, float(softmax_scale), configs.length_bucket(t))
+    configs.launch(_sisa_bwd_dkv_kernel, _sisa_bwd_dkv_tuned, "dkv", kv_grid,
+                   (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk, dv, dbr, col_g, bounds,
+                    *common, *dk.stride(), *dbr.stride(), *tail), consts, config, t)
+    configs.launch(_sisa_bwd_dq_kernel, _sisa_bwd_dq_tuned, "dq", grid,
+                   (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dq, dcr, row_g, bounds,
+                    *common, *dq.stride(), *dcr.stride(), *tail), consts, config, t)
     dlam = row_g.sum(dim=(0, 2))
     dg = (lam32[None, :, None] * (row_g - col_g)).transpose(1, 2).contiguous().to(g.dtype)
     return dq, dk, dv, dcr, dbr, dg, dlam
