@@ -24,6 +24,7 @@ from sisa.naive import naive_sisa_attention
 from sisa.testing import FLOOR, NAMES
 
 from conftest import DEVICE, examples
+from test_properties import build as build_inputs
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 ARGUMENTS = set(NAMES) | {"softmax_scale", "backend", "d_state", "head_dim", "dtype"}
@@ -56,19 +57,9 @@ def problems(draw):
 
 
 def build(p):
-    """The drawn inputs (valid shapes where the draw allows), special values planted."""
-    gen = torch.Generator().manual_seed(p["seed"])
-    b, t, h, hk, d, n = (p[k] for k in ("b", "t", "h", "hk", "d", "n"))
-
-    def rnd(*shape, std=1.0):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64) * std
-
-    x = {"q": rnd(b, t, h, d), "k": rnd(b, t, hk, d), "v": rnd(b, t, hk, d),
-         "C": rnd(b, t, h, n), "B": rnd(b, t, h, n),
-         "log_alpha": -2 * p["decay"] * torch.rand(b, t, h, generator=gen, dtype=torch.float64),
-         "theta": rnd(b, t, h, n // 2, std=0.3), "lam": 0.2 + torch.rand(h, generator=gen, dtype=torch.float64)}
-    side = torch.float64 if p["dtype"] == torch.float64 else torch.float32
-    x = {k: v.to(DEVICE, side if k in ("log_alpha", "lam", "theta") else p["dtype"]) for k, v in x.items()}
+    """The drawn inputs (test_properties' builder; valid shapes where the draw allows),
+    special values planted and one input retyped."""
+    x = build_inputs(p)
     for name, where, value in p["plant"]:
         if value in (-1e38, -1e4) and name != "log_alpha":
             continue        # finite values past a dtype's range elsewhere are that dtype's overflow
