@@ -74,8 +74,11 @@ def format_table(rows) -> str:
     return "\n".join(out)
 
 
-def to_markdown(machine: dict, rows, config: dict) -> str:
+def to_markdown(machine: dict, rows, config: dict, header: str = "") -> str:
+    """results.md: the header (the setup in words), machine, sweep, legend, then the tables."""
     lines = ["# SISA microbenchmarks", ""]
+    if header:
+        lines += ["**" + header.replace("\n", "**\n\n**") + "**", ""]
     lines += [f"- {k}: {v}" for k, v in machine.items()]
     lines += [f"- sweep: {config}", "", LEGEND.format(mem=machine.get("peak_mem_method", "")), ""]
     for title, part, scan in zip(("Attention", "Scan"), _split(rows), (False, True)):
@@ -99,12 +102,19 @@ def _headline(rows):
     return dtype, (max(ds) if ds else None), (min(ns) if ns else None)
 
 
-def plot(rows, path: Path, title: str = "") -> bool:
-    """results.png: time, TFLOP/s and scan GB/s against t (log2), one row per mode.
-    Returns False (and writes nothing) when no row was timed."""
+# The plot's columns, one row of panels per mode: (row key, y label, scan rows?, log y).
+PANELS = [("ms", "time (ms)", False, True),
+          ("ratio_to_plain", "ratio to plain (ms / plain's ms)", False, True),
+          ("tflops", "TFLOP/s (attention count)", False, False),
+          ("gbps", "scan GB/s", True, False)]
+
+
+def figure(rows, title: str = ""):
+    """The results figure: PANELS against t (log2), one row per mode, one legend below
+    all panels. None when no row was timed."""
     head = _headline(rows)
     if head is None:
-        return False
+        return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -116,28 +126,24 @@ def plot(rows, path: Path, title: str = "") -> bool:
     names = PROVIDER_ORDER + sorted({r["provider"] for r in rows} - set(PROVIDER_ORDER))
     colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
     modes = [m for m in ("fwd", "fwd+bwd") if any(r["mode"] == m for r in rows)]
-    fig, axes = plt.subplots(len(modes), 3, figsize=(16, 4.2 * len(modes)), squeeze=False)
+    fig, axes = plt.subplots(len(modes), len(PANELS), figsize=(5 * len(PANELS), 4.2 * len(modes) + 1.2),
+                             squeeze=False, layout="constrained")
     for axrow, mode in zip(axes, modes):
         for name in names:
             sel = [r for r in rows if r["provider"] == name and r["mode"] == mode and r["status"] == "ok"
                    and r["dtype"] == dtype]
-            if sel and sel[0]["kind"] == "scan":
-                pts = sorted((r["seqlen"], r["gbps"]) for r in sel if r["d_state"] == n)
+            # the headline slice: the scan has no d_head, plain no d_state
+            sel = [r for r in sel if r["d_state"] in (n, None) and (r["kind"] == "scan" or r["d_head"] == d)]
+            for ax, (key, _, scan, _) in zip(axrow, PANELS):
+                pts = sorted((r["seqlen"], r[key]) for r in sel if (r["kind"] == "scan") == scan
+                             and r[key] is not None)
                 if pts:
-                    axrow[2].plot(*zip(*pts), marker="o", label=name, color=colors[name])
-                continue
-            sel = [r for r in sel if r["d_head"] == d and r["d_state"] in (n, None)]
-            if not sel:
-                continue
-            pts = sorted((r["seqlen"], r["ms"], r["tflops"]) for r in sel)
-            ts, ms, tf = zip(*pts)
-            axrow[0].plot(ts, ms, marker="o", label=name, color=colors[name])
-            axrow[1].plot(ts, tf, marker="o", label=name, color=colors[name])
-        labels = ("time (ms)", "TFLOP/s (attention count)", "scan GB/s")
-        axrow[0].set_yscale("log")
-        axrow[0].yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        for ax, label in zip(axrow, labels):
+                    ax.plot(*zip(*pts), marker="o", label=name, color=colors[name])
+        for ax, (_, label, _, log_y) in zip(axrow, PANELS):
             ax.set_xscale("log", base=2)
+            if log_y:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
             for axis in (ax.xaxis, ax.yaxis):
                 axis.set_major_formatter(plain_numbers)
                 axis.set_minor_formatter(NullFormatter())
@@ -145,11 +151,24 @@ def plot(rows, path: Path, title: str = "") -> bool:
             ax.set_ylabel(label)
             ax.set_title(f"{mode}: {label}")
             ax.grid(True, alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=8)
+            if not ax.lines:
+                ax.text(0.5, 0.5, "no timed rows", transform=ax.transAxes, ha="center", color="gray")
+    # One legend for the figure, below the panels, so it never covers a line.
+    handles = {line.get_label(): line for ax in axes.flat for line in ax.lines}
+    labels = [name for name in names if name in handles]
+    fig.legend([handles[x] for x in labels], labels, loc="outside lower center", ncol=len(labels))
     fig.suptitle(f"{title + chr(10) if title else ''}{dtype}, d_head={d}, d_state={n} "
-                 "(timed rows only: mismatch/unsupported/error rows are absent)")
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.08, top=0.88, wspace=0.22, hspace=0.35)
+                 "(timed rows only: mismatch/unsupported/error rows are absent)", fontsize=11)
+    return fig
+
+
+def plot(rows, path: Path, title: str = "") -> bool:
+    """Write figure(rows, title) to path (results.png). Returns False (and writes
+    nothing) when no row was timed."""
+    fig = figure(rows, title)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

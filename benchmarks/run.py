@@ -1,6 +1,6 @@
 """The benchmark sweep and its command line.
 
-    python -m benchmarks.run --quick                      # < 90 s on a 2-core CPU
+    python -m benchmarks.run --quick                      # ~40 s on a 2-core CPU
     python -m benchmarks.run                              # the default sweep for this device
     python -m benchmarks.run --seqlens 1024,4096 --d-head 128 --d-state 16 \
         --dtype bf16 --providers plain,sdpa,triton --modes fwd --out /tmp/bench
@@ -10,18 +10,32 @@ untimed call at the full shape (compilation, autotuning), run the correctness ga
 (``benchmarks.gate``), and only if it passes, time it. Rows stream to
 ``results.json`` as they finish (a killed sweep keeps what it measured); at the
 end ``results.md`` and ``results.png`` are written and the table is printed.
-Progress goes to stderr, one line per measurement.
+Progress goes to stderr, one line per measurement. The table and results.md start
+with a header line stating the setup (machine, torch threads, heads, batch x t,
+dtype, d_head, d_state, quick or not).
 
 Batch size is tokens // t (at least 1), so every t moves roughly the same number
 of tokens (16K on a GPU, 2K on a CPU); heads default to 8. The full GPU sweep is
 ~900 measurements: bound it with --budget-s (benchmarks/gpu_check.sh does).
---quick on a CPU runs torch on one thread, which keeps timings sane on a shared
-machine.
+
+--quick on a CPU is the shape of the README's table (8 heads, b*t = 2048, fp32,
+d_head 64, d_state 16) at t = 256, 512, 1024, timed more briefly (--rep-ms 40) and on
+ONE torch thread (the README's table used 2: pass --threads 2 to match). One thread
+because a shared machine's other load wrecks multi-threaded timings: on a 2-core CPU
+at load ~5, sdpa's ratio to plain came out 1.6-8.8x on 2 threads against 1.2-2.3x on
+1 (README: 1.3-1.75x), and the sweep took 82 s on 2 threads against 39 s on 1.
+--quick takes 35-45 s on a 2-core CPU (measured, all providers; naive is half of it).
+
+Without --out, results go to a new folder: benchmarks/results/<machine>-<date>/
+(--quick: benchmarks/results/scratch/quick-<machine>-<date>/), with -2, -3, ...
+appended when that folder exists, so a rerun never overwrites an earlier one. An
+explicit --out is used as given (a warning is printed when it overwrites results).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -48,12 +62,19 @@ SWEEPS = {
                  d_state=[16, 32, 64], dtype=["bfloat16", "float16"], tokens=16384, heads=8,
                  warmup_ms=10.0, rep_ms=40.0),
 }
-QUICK = {
-    "cpu": dict(seqlens=[128, 256, 512], d_head=[64], d_state=[16], dtype=["float32"], tokens=512,
-                heads=4, warmup_ms=0.0, rep_ms=40.0, threads=1),
+QUICK = {   # CPU: the README table's shapes (README_TABLE) at its three shortest t, 1 thread
+    "cpu": dict(seqlens=[256, 512, 1024], d_head=[64], d_state=[16], dtype=["float32"], tokens=2048,
+                heads=8, warmup_ms=0.0, rep_ms=40.0, threads=1),
     "cuda": dict(seqlens=[1024, 4096, 16384], d_head=[128], d_state=[16], dtype=["bfloat16"],
                  tokens=16384, heads=8, warmup_ms=5.0, rep_ms=25.0),
 }
+# The setup of the README's results table and the command that made it, named in the
+# header of a --quick run (keep in step with README.md's "Results" section).
+README_TABLE = ("AMD EPYC, 2 torch threads, heads 8/kv heads 8, b*t = 2048 at t = 256-2048, float32, "
+                "d_head 64, d_state 16, --rep-ms 150",
+                "python -m benchmarks.run --seqlens 256,512,1024,2048 --d-head 64 --d-state 16 "
+                "--providers plain,sdpa,sdpa-paper,naive,scan-naive")
+RESULTS = Path(__file__).parent / "results"
 
 # HBM bandwidth (bytes/s) by GPU name; the first substring that matches wins.
 GPU_BANDWIDTH = [("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
@@ -82,7 +103,7 @@ def parse_args(argv=None):
                    help="comma-separated, from: " + ", ".join(PROVIDERS))
     p.add_argument("--modes", type=_names, default=list(MODES), help="comma-separated: fwd, fwd+bwd")
     p.add_argument("--tokens", type=int, help="tokens per batch: batch = max(1, tokens // t)")
-    p.add_argument("--heads", type=int, help="query heads (default 8; 4 with --quick on CPU)")
+    p.add_argument("--heads", type=int, help="query heads (default 8)")
     p.add_argument("--kv-heads", type=int, help="key/value heads (default: --heads)")
     p.add_argument("--naive-max-t", type=int, default=1024, help="longest t the naive provider runs at")
     p.add_argument("--gate-full-t", type=int, default=1024,
@@ -98,8 +119,9 @@ def parse_args(argv=None):
                    help="torch CPU threads (default torch's; 1 with --quick on CPU, which keeps a "
                         "shared machine's timings sane)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<machine>-<date>/; "
-                                               "with --quick benchmarks/results/scratch/quick-<machine>-<date>/)")
+    p.add_argument("--out", type=Path, help="output folder, used as given (default: a new "
+                   "benchmarks/results/<machine>-<date>[-2, -3, ...]/; with --quick "
+                   "benchmarks/results/scratch/quick-<machine>-<date>[-N]/)")
     args = p.parse_args(argv)
 
     args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
@@ -121,6 +143,10 @@ def parse_args(argv=None):
     return args
 
 
+def batch_size(args, t):
+    return max(1, args.tokens // t)
+
+
 def plan(args):
     """The ordered list of (provider, mode, Shape). Loops, outer first: d_state, d_head,
     dtype, t, mode, so a --budget-s cut keeps whole curves over t for the first
@@ -133,7 +159,7 @@ def plan(args):
         for i_d, d in enumerate(args.d_head):
             for dt in args.dtype:
                 for t in args.seqlens:
-                    b = max(1, args.tokens // t)
+                    b = batch_size(args, t)
 
                     def shape(d_head, d_state):
                         return Shape(b, t, args.heads, args.kv_heads, d_head, d_state, DTYPES[dt])
@@ -245,6 +271,47 @@ def _slug(text):
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def header(args, machine) -> str:
+    """The setup in words: the first line of the printed table and of results.md."""
+    where = f"{machine['gpu']} (GPU)" if machine["gpu"] else f"{machine['cpu']} (CPU)"
+    shapes = ", ".join(f"{batch_size(args, t)}x{t}" for t in args.seqlens)
+    threads = machine["cpu_threads"]
+    line = (f"{'Quick sweep' if args.quick else 'Sweep'} on {where}, torch {machine['torch']} on "
+            f"{threads} thread{'s' * (threads != 1)}; heads {args.heads}/kv heads {args.kv_heads}; batch x t "
+            f"{shapes}; dtype {','.join(args.dtype)}; d_head {_csv(args.d_head)}; "
+            f"d_state {_csv(args.d_state)}; --rep-ms {args.rep_ms:g}")
+    if args.quick:
+        setup, command = README_TABLE
+        line += (f"\nNot the README's Results table: that was a different run ({setup}); "
+                 f"to reproduce it, run `{command}`")
+    return line
+
+
+def _csv(values):
+    return ",".join(map(str, values))
+
+
+def fresh_folder(base: Path) -> Path:
+    """Create and return base, or base-2, base-3, ...: the first that does not exist yet."""
+    for i in itertools.count(1):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+
+
+def output_folder(args, machine):
+    """(folder, whether it already holds results): --out as given, else a fresh default folder."""
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return args.out, (args.out / "results.json").exists()
+    name = f"{_slug(machine['gpu'] or machine['cpu'])}-{machine['date']}"
+    # --quick writes to the ignored scratch folder, so it never touches a committed sweep.
+    return fresh_folder(RESULTS / ("scratch/quick-" + name if args.quick else name)), None
+
+
 def _write_json(path: Path, payload):
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1))
@@ -265,16 +332,14 @@ def main(argv=None) -> int:
 def _sweep(args) -> int:
     machine = machine_info(args.device)
     bandwidth = machine["gpu_hbm_tb_s"] * 1e12 if machine["gpu_hbm_tb_s"] else None
-    name = f"{_slug(machine['gpu'] or machine['cpu'])}-{machine['date']}"
-    # --quick writes to the ignored scratch folder, so it never overwrites a committed sweep.
-    default = Path(__file__).parent / "results" / ("scratch/quick-" + name if args.quick else name)
-    out = args.out or default
-    out.mkdir(parents=True, exist_ok=True)
+    out, overwrite = output_folder(args, machine)
     config = {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()}
+    setup = header(args, machine)
     tasks = plan(args)
     rows, start = [], time.perf_counter()
-    print(f"sisa-bench: {len(tasks)} measurements on {machine['gpu'] or machine['cpu']} -> {out}",
-          file=sys.stderr, flush=True)
+    print(f"sisa-bench: {len(tasks)} measurements -> {out}\n{setup}", file=sys.stderr, flush=True)
+    if overwrite:
+        print(f"sisa-bench: overwriting the results in {out} (--out given)", file=sys.stderr, flush=True)
     for i, (name, mode, shape) in enumerate(tasks, 1):
         elapsed = time.perf_counter() - start
         if args.budget_s is not None and elapsed > args.budget_s:
@@ -286,14 +351,16 @@ def _sweep(args) -> int:
         _write_json(out / "results.json", {"machine": machine, "config": config, "results": rows})
         print(f"[{i}/{len(tasks)}] {_describe(row)}", file=sys.stderr, flush=True)
 
-    (out / "results.md").write_text(report.to_markdown(machine, rows, config))
-    title = f"SISA microbenchmarks — {machine['gpu'] or machine['cpu']}, torch {machine['torch']}"
-    plotted = not args.no_plot and report.plot(rows, out / "results.png", title)
-    print(report.format_table(rows))
+    (out / "results.md").write_text(report.to_markdown(machine, rows, config, setup))
+    plotted = not args.no_plot and report.plot(rows, out / "results.png",
+                                                 "SISA microbenchmarks. " + setup.splitlines()[0])
+    print(setup + "\n" + report.format_table(rows))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "mismatch", "unsupported", "error", "skipped")}
+    plot_note = ", results.png" if plotted else " (no plot: --no-plot)" if args.no_plot else " (no plot: nothing timed)"
     print(f"\n{len(rows)} rows in {time.perf_counter() - start:.1f} s: "
           + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-          + f"\nwrote {out / 'results.json'}, results.md" + (", results.png" if plotted else " (no plot: nothing timed)"))
+          + f"\nwrote results.json, results.md{plot_note}{' (overwrote the previous ones)' if overwrite else ''}"
+          + f"\noutput folder: {out}")
     return 0
 
 

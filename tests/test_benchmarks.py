@@ -51,6 +51,70 @@ def test_tiny_sweep_writes_every_output(tmp_path):
     assert (out / "results.png").stat().st_size > 0
 
 
+def test_header_states_the_setup(tmp_path, capsys):
+    out = tmp_path / "bench"
+    run.main(TINY + ["--seqlens", "16,64", "--kv-heads", "1", "--providers", "plain", "--modes", "fwd",
+                     "--no-plot", "--out", str(out)])
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0]
+    machine = _results(out)["machine"]
+    for part in (machine["gpu"] or machine["cpu"], "on 1 thread;", "heads 2/kv heads 1", "batch x t 4x16, 1x64",
+                 "dtype float32", "d_head 16", "d_state 4"):
+        assert part in header, (part, header)
+    assert header.startswith("Sweep") and "README" not in printed
+    assert header in (out / "results.md").read_text()
+    assert printed.rstrip().endswith(f"output folder: {out}")
+
+
+def test_quick_header_points_to_the_readme_setup():
+    args = run.parse_args(["--quick", "--device", "cpu"])
+    assert (args.heads, args.kv_heads, args.tokens, args.threads) == (8, 8, 2048, 1)
+    machine = dict(cpu="Some CPU", gpu=None, torch="2.13.0", cpu_threads=1)
+    first, second = run.header(args, machine).splitlines()
+    assert first.startswith("Quick sweep on Some CPU (CPU)") and "batch x t 8x256, 4x512, 2x1024" in first
+    assert "README" in second and run.README_TABLE[1] in second and "python -m benchmarks.run" in second
+
+
+def test_plot_has_a_ratio_panel_per_mode(tmp_path):
+    from benchmarks import report
+    import matplotlib.pyplot as plt
+    row = lambda provider, mode, t, ms: run.empty_row(
+        provider, mode, providers.Shape(1, t, 2, 2, 16, None if provider == "plain" else 4, torch.float32),
+        status="ok", ms=ms, tflops=1.0, ratio_to_plain=None)
+    rows = [row(p, m, t, ms * t) for p, ms in (("plain", 1.0), ("sdpa", 1.3)) for m in run.MODES for t in (16, 32)]
+    run.fill_ratios(rows)
+    fig = report.figure(rows, "title")
+    ratio_axes = [ax for ax in fig.axes if "ratio" in ax.get_title()]
+    assert [ax.get_title().split(":")[0] for ax in ratio_axes] == ["fwd", "fwd+bwd"]
+    for ax in ratio_axes:
+        sdpa = next(line for line in ax.lines if line.get_label() == "sdpa")
+        assert list(sdpa.get_xdata()) == [16, 32] and list(sdpa.get_ydata()) == pytest.approx([1.3, 1.3])
+        assert ax.get_legend() is None            # one legend for the figure, below the panels
+    assert len(fig.legends) == 1
+    plt.close(fig)
+    assert report.plot(rows, tmp_path / "results.png") and (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_fresh_folder_never_reuses_one(tmp_path):
+    base = tmp_path / "quick-cpu-2026-01-01"
+    assert [run.fresh_folder(base).name for _ in range(3)] == [base.name, base.name + "-2", base.name + "-3"]
+
+
+def test_rerun_writes_a_new_default_folder_and_out_overwrites_loudly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    argv = TINY + ["--quick", "--seqlens", "16", "--providers", "plain", "--modes", "fwd", "--no-plot"]
+    run.main(argv)
+    run.main(argv)
+    first, second = sorted((tmp_path / "scratch").iterdir(), key=lambda p: len(p.name))
+    assert second.name == first.name + "-2" and first.name.startswith("quick-")
+    assert (first / "results.json").exists() and (second / "results.json").exists()
+    assert capsys.readouterr().out.rstrip().endswith(f"output folder: {second}")
+    run.main(argv + ["--out", str(first)])
+    captured = capsys.readouterr()
+    assert f"overwriting the results in {first}" in captured.err and "overwrote" in captured.out
+    assert len(list((tmp_path / "scratch").iterdir())) == 2
+
+
 def test_broken_provider_is_a_mismatch_and_never_timed(tmp_path, monkeypatch):
     def off_by_a_bit(x, check):  # right shape, wrong numbers: the SSM term dropped
         return providers.PROVIDERS["plain"].run(x, check)
