@@ -1,17 +1,69 @@
-"""The paper's SISA attention layer (SPEC.md section 2) as a drop-in nn.Module."""
+"""The paper's SISA attention layer (docs/design.md section 2) as a drop-in nn.Module."""
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from torch.nn.attention.bias import causal_lower_right
-
 from .cache import LayerCache, cached_attention
 from .naive import rotate_pairs, state_dtype
 from .ops import attention_from_scan, sisa_attention, ssm_importance_scan
 from .varlen import check_cu_seqlens, positions as packed_positions
+
+
+BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (a bool is not an int); else a TypeError or
+    ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(name: str, value, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (>= 0 with allow_zero; a bool is not a number);
+    else a TypeError or ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return float(value)
+
+
+def check_attention_config(d_model, n_heads, d_state, n_kv_heads, rope_base, backend, use_ssm) -> int:
+    """Validate SISAAttention's arguments (SISAConfig's too); returns n_kv_heads, None
+    meaning n_heads. Errors name the argument; the backend is checked by name only
+    (whether it runs on a device is known at the first forward)."""
+    check_int("d_model", d_model, 1)
+    check_int("n_heads", n_heads, 1)
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    if (d_model // n_heads) % 2:
+        raise ValueError(f"the head dim d_model / n_heads = {d_model} / {n_heads} = {d_model // n_heads} "
+                         "must be even (RoPE turns pairs of dims)")
+    n_kv_heads = n_heads if n_kv_heads is None else check_int("n_kv_heads", n_kv_heads, 1)
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+    if not isinstance(use_ssm, bool):
+        raise TypeError(f"use_ssm must be True or False, got {type(use_ssm).__name__} {use_ssm!r}")
+    if use_ssm:
+        check_int("d_state", d_state, 2)
+        if d_state % 2:
+            raise ValueError(f"d_state must be even and >= 2, got {d_state}")
+    check_real("rope_base", rope_base)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be one of {BACKEND_NAMES}, got {type(backend).__name__} {backend!r}")
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
+    return n_kv_heads
 
 
 def rope(x: torch.Tensor, base: float = 10000.0, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -33,7 +85,10 @@ def _plain_attention(q, k, v):
     """Causal softmax attention, the s queries being the last s of k's t positions.
     q (b, s, h, d); k, v (b, t, h, d) -> (b, s, h, d)."""
     s, t = q.shape[1], k.shape[1]
-    mask = None if s in (1, t) else causal_lower_right(s, t)
+    mask = None
+    if s not in (1, t):
+        from torch.nn.attention.bias import causal_lower_right   # here: it imports torch._dynamo (seconds)
+        mask = causal_lower_right(s, t)
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                        attn_mask=mask, is_causal=(s == t and s > 1))
     return o.transpose(1, 2)
@@ -42,22 +97,19 @@ def _plain_attention(q, k, v):
 class SISAAttention(nn.Module):
     """Causal self-attention with the SISA score bias.
 
-    forward(x (b, t, d_model)) -> (b, t, d_model). Heads h, head dim d = d_model / h,
-    kv heads hk (GQA when hk < h), n = d_state. With use_ssm=False it is plain causal
-    attention with RoPE (the Transformer baseline) and has no SSM parameters.
-    Parameter names follow the paper's code (W_Q ... lambda_raw).
+    forward(x (b, t, d_model)) -> (b, t, d_model). Heads h, head dim d = d_model / h
+    (even), kv heads hk = n_kv_heads (None: h; GQA when hk < h), n = d_state (even).
+    With use_ssm=False it is plain causal attention with RoPE (the Transformer
+    baseline) and has no SSM parameters. backend: "auto", "naive", "sdpa" or "triton".
+    Bad arguments raise a ValueError or TypeError naming them, here, not at the first
+    forward. Parameter names follow the paper's code (W_Q ... lambda_raw).
     """
 
     def __init__(self, d_model, n_heads, d_state=16, n_kv_heads=None, rope_base=10000.0,
                  backend="auto", use_ssm=True):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        n_kv_heads = n_kv_heads or n_heads
-        if n_heads % n_kv_heads:
-            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
-        if use_ssm and (d_state < 2 or d_state % 2):
-            raise ValueError(f"d_state must be even and >= 2, got {d_state}")
+        n_kv_heads = check_attention_config(d_model, n_heads, d_state, n_kv_heads, rope_base, backend, use_ssm)
+        self.d_model = d_model
         self.n_heads, self.n_kv_heads, self.d_state = n_heads, n_kv_heads, d_state
         self.head_dim = d_model // n_heads
         self.rope_base, self.backend, self.use_ssm = rope_base, backend, use_ssm
@@ -123,6 +175,9 @@ class SISAAttention(nn.Module):
         cache: a LayerCache to decode with (x holds the next tokens; the cache grows).
         cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1 (training).
         """
+        self._check_x(x)
+        if cache is not None and not isinstance(cache, LayerCache):
+            raise TypeError(f"cache must be a LayerCache or None, got {type(cache).__name__}")
         if cache is not None and cu_seqlens is not None:
             raise ValueError("cache and cu_seqlens cannot be combined")
         t = x.shape[1]
@@ -142,6 +197,20 @@ class SISAAttention(nn.Module):
         else:
             o = self._forward_cached(x, q, k, v, cache)
         return self.W_O(rearrange(o, "b t h d -> b t (h d)"))
+
+    def _check_x(self, x):
+        """x: a floating (b, t, d_model) tensor in the weights' dtype (any dtype under autocast)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor (b, t, d_model), got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor (b, t, d_model), got dtype {x.dtype}")
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (b, t, d_model) = (b, t, {self.d_model}), got {tuple(x.shape)}")
+        w = self.W_Q.weight.dtype
+        dev = x.device.type
+        if x.dtype != w and not (torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)):
+            raise TypeError(f"x has dtype {x.dtype} but the layer's weights are {w}; "
+                            f"cast x (x.to({w})) or the layer (layer.to({x.dtype}))")
 
     def _forward_cached(self, x, q, k, v, cache):
         C, B, log_alpha, theta = self.ssm_inputs(x)

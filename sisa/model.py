@@ -11,9 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cache import LayerCache
-from .layer import SISAAttention
+from .layer import SISAAttention, check_attention_config, check_int, check_real
 
-# name: (d_model, n_heads, n_layers, Transformer d_ff), SPEC.md section 2.
+# name: (d_model, n_heads, n_layers, Transformer d_ff), docs/design.md section 2.
 PRESETS = {"50M": (512, 8, 6, 2048), "152M": (768, 12, 12, 3072), "369M": (1024, 16, 24, 2944)}
 
 
@@ -30,6 +30,9 @@ def matched_d_ff(d_model: int, n_heads: int, d_state: int, transformer_d_ff: int
 
 @dataclasses.dataclass
 class SISAConfig:
+    """The model's shape. Validated when built (and again by SISAModel): a bad field
+    raises a ValueError or TypeError naming it. n_kv_heads None means n_heads."""
+
     vocab_size: int = 50277
     d_model: int = 768
     n_heads: int = 12
@@ -41,6 +44,18 @@ class SISAConfig:
     norm_eps: float = 1e-6
     use_ssm: bool = True
     backend: str = "auto"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError or TypeError naming the first bad field."""
+        check_int("vocab_size", self.vocab_size, 1)
+        check_int("n_layers", self.n_layers, 1)
+        check_int("d_ff", self.d_ff, 1)
+        check_real("norm_eps", self.norm_eps)
+        check_attention_config(self.d_model, self.n_heads, self.d_state, self.n_kv_heads, self.rope_base,
+                               self.backend, self.use_ssm)
 
     @classmethod
     def preset(cls, name: str, d_state: int = 16, use_ssm: bool = True, **overrides) -> "SISAConfig":
@@ -88,6 +103,9 @@ class SISAModel(nn.Module):
 
     def __init__(self, config: SISAConfig):
         super().__init__()
+        if not isinstance(config, SISAConfig):
+            raise TypeError(f"config must be a SISAConfig, got {type(config).__name__}")
+        config.validate()   # a dataclass's fields can change after it is built
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
@@ -97,16 +115,51 @@ class SISAModel(nn.Module):
             for lin in (block.ffn.w_gate, block.ffn.w_up, block.ffn.w_down):
                 nn.init.normal_(lin.weight, std=0.02)
 
-    def forward(self, ids, caches=None, cu_seqlens=None):
-        """ids (b, t) long -> logits (b, t, vocab_size).
+    def forward(self, ids, caches=None, cu_seqlens=None, *, check_inputs: bool = True):
+        """ids (b, t) int64 or int32 -> logits (b, t, vocab_size).
 
-        caches: one LayerCache per layer (see ``new_caches``) for cached decoding.
+        caches: a list of one LayerCache per layer (see ``new_caches``) for cached decoding.
         cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1.
+        check_inputs: also check that every id is in [0, vocab_size) (one host sync;
+        skipped under torch.compile and on the meta device).
         """
+        _check_ids("ids", ids)
+        self._check_caches(caches, cu_seqlens)
+        if check_inputs:
+            self._check_id_range("ids", ids)
         x = self.embed(ids)
         for i, block in enumerate(self.layers):
             x = block(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens)
         return F.linear(self.final_norm(x), self.embed.weight)   # tied head
+
+    def _check_caches(self, caches, cu_seqlens):
+        if caches is None:
+            return
+        if cu_seqlens is not None:
+            raise ValueError("caches and cu_seqlens cannot be combined")
+        if not isinstance(caches, (list, tuple)):
+            raise TypeError(f"caches must be a list of LayerCache (one per layer, see new_caches), "
+                            f"got {type(caches).__name__}")
+        if len(caches) != len(self.layers):
+            raise ValueError(f"caches must hold one LayerCache per layer: expected {len(self.layers)}, "
+                             f"got {len(caches)}")
+        for i, cache in enumerate(caches):
+            if not isinstance(cache, LayerCache):
+                raise TypeError(f"caches[{i}] must be a LayerCache, got {type(cache).__name__}")
+        lengths = {cache.length for cache in caches}
+        if len(lengths) > 1:
+            raise ValueError(f"caches hold different numbers of tokens ({sorted(lengths)}); they must "
+                             "advance together (start again from new_caches())")
+
+    def _check_id_range(self, name, ids):
+        """Every id in [0, vocab_size): one host sync, skipped where values are unknown."""
+        if not ids.numel() or ids.device.type == "meta" or torch.compiler.is_compiling():
+            return
+        lo, hi = torch.stack(torch.aminmax(ids)).tolist()
+        vocab = self.config.vocab_size
+        if lo < 0 or hi >= vocab:
+            raise ValueError(f"{name} must be token ids in [0, vocab_size) = [0, {vocab}), "
+                             f"got min {lo}, max {hi}")
 
     def new_caches(self, capacity: int = 0) -> list[LayerCache]:
         """Empty per-layer decoding caches, preallocated for ``capacity`` tokens."""
@@ -117,23 +170,42 @@ class SISAModel(nn.Module):
                  generator: torch.Generator | None = None):
         """Extend ``input_ids`` (b, t) by ``max_new_tokens`` -> (b, t + new).
 
-        Greedy by default; temperature > 0 samples (optionally from the top_k logits).
-        The prompt is processed once, then each step feeds one token through the caches.
+        Greedy by default (temperature 0); temperature > 0 samples (optionally from the
+        top_k >= 1 logits). max_new_tokens >= 0 (0 returns the prompt). The prompt is
+        processed once, then each step feeds one token through the caches.
         """
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        _check_ids("input_ids", input_ids)
+        if input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be (b, t) with t >= 1, got shape {tuple(input_ids.shape)}")
+        check_int("max_new_tokens", max_new_tokens, 0)
+        check_real("temperature", temperature, allow_zero=True)
+        if top_k is not None:
+            check_int("top_k", top_k, 1)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self._check_id_range("input_ids", input_ids)
         caches = self.new_caches(input_ids.shape[1] + max_new_tokens)
-        logits = self(input_ids, caches=caches)[:, -1]
+        logits = self(input_ids, caches=caches, check_inputs=False)[:, -1]
         out = [input_ids]
         for step in range(max_new_tokens):
             nxt = _pick(logits.float(), temperature, top_k, generator)
             out.append(nxt)
-            if step + 1 < max_new_tokens:
-                logits = self(nxt, caches=caches)[:, -1]
+            if step + 1 < max_new_tokens:   # nxt < vocab_size by construction: no sync to check it
+                logits = self(nxt, caches=caches, check_inputs=False)[:, -1]
         return torch.cat(out, dim=1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _check_ids(name, ids):
+    """ids: a 2-D (batch, seqlen) int64 or int32 tensor (what nn.Embedding takes)."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids (b, t), got {type(ids).__name__}")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64 (or int32) tensor of token ids, got dtype {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, seqlen), got shape {tuple(ids.shape)}")
 
 
 def _pick(logits, temperature, top_k, generator):

@@ -3,6 +3,8 @@
 Runs every backend available on the device against the float64 naive path over a
 grid of shapes, dtypes and decay strengths (forward and all eight gradients),
 prints a table of errors with pass/fail, and exits non-zero on any failure.
+A default backend that cannot run on the device is skipped with a line saying why;
+one asked for with --backends is an error (exit 2), as is an unknown name.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 
 import torch
 
-from .backends import available_backends
+from .backends import BACKENDS, triton_unavailable_reason
 from .ops import sisa_attention
 from .testing import Case, compare
 
@@ -28,14 +30,53 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
           "float64": torch.float64}
 
 
+def unavailable_reason(backend: str, device) -> str | None:
+    """None when ``backend`` runs on ``device``, else why not (naive and sdpa run anywhere)."""
+    return triton_unavailable_reason(device) if backend == "triton" else None
+
+
+def _backends(p: argparse.ArgumentParser, requested, device) -> list[str] | None:
+    """The backends to run: the requested ones (None if one cannot run, after saying
+    why on stderr), or by default every backend that runs (a line per skipped one)."""
+    unknown = [b for b in requested or () if b not in BACKENDS]
+    if unknown:
+        p.error(f"--backends: unknown backend(s) {', '.join(map(repr, unknown))}; "
+                f"choose from {', '.join(BACKENDS)}")
+    if requested:
+        requested = list(dict.fromkeys(requested))        # each once, in the order given
+        blocked = {b: why for b in requested if (why := unavailable_reason(b, device)) is not None}
+        for b, why in blocked.items():
+            print(f"sisa-parity: backend {b!r} cannot run on {device}: {why}", file=sys.stderr)
+        return None if blocked else requested
+    skipped = {b: why for b in BACKENDS if (why := unavailable_reason(b, device)) is not None}
+    for b, why in skipped.items():
+        print(f"skipping backend {b!r} on {device}: {why}")
+    return [b for b in BACKENDS if b not in skipped]
+
+
+def _device(p: argparse.ArgumentParser, name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except Exception as exc:   # an unknown name, or a device type this build or machine lacks
+        p.error(f"--device {name!r} is not usable here: {exc}")
+    return device
+
+
 def main(argv=None) -> int:
+    """Run the grid; returns 0 if every row passes, 1 on a failure, 2 when a backend
+    asked for cannot run on the device (argparse exits 2 on bad arguments)."""
     p = argparse.ArgumentParser(prog="sisa-parity", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--backends", nargs="*", help="default: every available backend")
+    p.add_argument("--backends", nargs="*", metavar="BACKEND",
+                   help=f"any of {', '.join(BACKENDS)} (default: every one that runs on the device)")
     p.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--no-long", action="store_true", help=f"skip the long case ({LONG})")
     args = p.parse_args(argv)
-    backends = args.backends or available_backends(args.device)
+    args.device = str(_device(p, args.device))
+    backends = _backends(p, args.backends, args.device)
+    if backends is None:
+        return 2
     print(f"sisa parity on {args.device}: backends {backends}; torch {torch.__version__}")
     failures, start = 0, time.perf_counter()
     jobs = [(bk, dt, case, True) for bk in backends for dt in args.dtypes for case in GRID

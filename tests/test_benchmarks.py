@@ -143,7 +143,7 @@ def test_broken_provider_is_a_mismatch_and_never_timed(tmp_path, monkeypatch):
 
 
 def test_gate_catches_the_papers_clamp(tmp_path):
-    """0.7 nats/token over 64 tokens is far past the paper's 22-nat clamp (SPEC.md section 3)."""
+    """0.7 nats/token over 64 tokens is far past the paper's 22-nat clamp (docs/design.md section 3)."""
     out = tmp_path / "bench"
     run.main(TINY + ["--seqlens", "64", "--providers", "sdpa-paper,sdpa", "--modes", "fwd",
                      "--decay-bias", "0", "--no-plot", "--out", str(out)])

@@ -1,6 +1,7 @@
 """``python -m sisa.parity``: passes a correct backend, fails a broken one."""
 import re
 
+import pytest
 import torch
 
 import sisa.parity
@@ -68,3 +69,48 @@ def test_parity_reports_a_crash_as_failure(monkeypatch, capsys):
     assert sisa.parity.main(ARGS) == 1
     out = capsys.readouterr().out
     assert out.count("ERROR RuntimeError: kernel exploded") == len(sisa.parity.GRID)
+
+
+# ---------------------------------------------------------------- choosing backends
+
+FAST = ["--dtypes", "float32", "--no-long", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("names", [["bogus"], ["naive", "bogus"], ["auto"]])
+def test_unknown_backend_is_one_usage_error(names, capsys):
+    with pytest.raises(SystemExit) as info:
+        sisa.parity.main(FAST + ["--backends", *names])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert "backend" not in out                           # nothing ran
+    assert err.count("--backends") == 2 and "naive, sdpa, triton" in err, err   # usage line + one error line
+
+
+def test_unusable_device_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        sisa.parity.main(["--device", "nosuchdevice", "--backends", "naive"])
+    assert info.value.code == 2
+    assert "--device" in capsys.readouterr().err
+
+
+def test_default_backends_say_why_one_is_skipped(monkeypatch, capsys):
+    monkeypatch.setattr(sisa.parity, "triton_unavailable_reason", lambda device: "no Triton on this test machine")
+    monkeypatch.setattr(sisa.parity, "GRID", sisa.parity.GRID[:2])
+    assert sisa.parity.main(FAST) == 0
+    out = capsys.readouterr().out
+    skips = [line for line in out.splitlines() if "skipping" in line]
+    assert skips == ["skipping backend 'triton' on cpu: no Triton on this test machine"], out
+    assert "backends ['naive', 'sdpa']" in out
+
+
+def test_requested_unavailable_backend_fails_with_the_reason(monkeypatch, capsys):
+    monkeypatch.setattr(sisa.parity, "triton_unavailable_reason", lambda device: "no Triton on this test machine")
+    assert sisa.parity.main(FAST + ["--backends", "naive", "triton"]) == 2
+    out, err = capsys.readouterr()
+    assert "triton" in err and "no Triton on this test machine" in err, err
+    assert "fwd err" not in out                           # failed before running anything
+
+
+def test_repeated_backend_runs_once(capsys):
+    assert sisa.parity.main(FAST + ["--backends", "sdpa", "sdpa"]) == 0
+    assert len(rows(capsys.readouterr().out)) == len(sisa.parity.GRID)
