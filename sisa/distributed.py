@@ -65,6 +65,11 @@ def _world(group):
     return dist.get_world_size(group), dist.get_rank(group)
 
 
+def world_size(group=None) -> int:
+    """The number of ranks in ``group`` (default: the world)."""
+    return _world(group)[0]
+
+
 def _layout_chunks(layout: str, world: int, rank: int) -> tuple[int, list[int]]:
     """(number of chunks, the global chunk ids this rank holds, in its order)."""
     if layout not in LAYOUTS:

@@ -169,17 +169,26 @@ class SISAAttention(nn.Module):
         v = rearrange(self.W_V(x), "b t (h d) -> b t h d", d=d)
         return rope(q, self.rope_base, positions), rope(k, self.rope_base, positions), v
 
-    def forward(self, x, cache: LayerCache | None = None, cu_seqlens=None):
+    def forward(self, x, cache: LayerCache | None = None, cu_seqlens=None, cp_group=None, cp_layout="zigzag"):
         """x (b, t, d_model) -> (b, t, d_model).
 
         cache: a LayerCache to decode with (x holds the next tokens; the cache grows).
-        cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1 (training).
+        cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1 (training); with
+            cp_group, of the whole sequence.
+        cp_group: a torch.distributed process group for context parallelism: x is this
+            rank's shard (b, t / W, d_model) of the sequence, as
+            ``sisa.distributed.shard_sequence(..., layout=cp_layout)`` cuts it, and the
+            result is this rank's shard of the layer's output on the whole sequence.
         """
         self._check_x(x)
         if cache is not None and not isinstance(cache, LayerCache):
             raise TypeError(f"cache must be a LayerCache or None, got {type(cache).__name__}")
         if cache is not None and cu_seqlens is not None:
             raise ValueError("cache and cu_seqlens cannot be combined")
+        if cp_group is not None:
+            if cache is not None:
+                raise ValueError("cache and cp_group cannot be combined (decoding is not sharded)")
+            return self._forward_context_parallel(x, cu_seqlens, cp_group, cp_layout)
         t = x.shape[1]
         if cu_seqlens is not None:
             check_cu_seqlens(cu_seqlens, t, x.shape[0])
@@ -196,6 +205,28 @@ class SISAAttention(nn.Module):
                                cu_seqlens=cu_seqlens, check_inputs=False)
         else:
             o = self._forward_cached(x, q, k, v, cache)
+        return self.W_O(rearrange(o, "b t h d -> b t (h d)"))
+
+    def _forward_context_parallel(self, x, cu_seqlens, group, layout):
+        """This rank's shard through sisa.distributed (the baseline, use_ssm=False, runs
+        the same exact path with a zero SSM term)."""
+        from .distributed import context_parallel_attention, shard_positions, world_size
+        t = x.shape[1] * world_size(group)
+        pos = shard_positions(t, group, layout, device=x.device)
+        if cu_seqlens is not None:
+            check_cu_seqlens(cu_seqlens, t, x.shape[0])
+            pos = packed_positions(cu_seqlens, t)[pos]
+        q, k, v = self.qkv(x, pos)
+        if self.use_ssm:
+            C, B, log_alpha, theta = self.ssm_inputs(x)
+            lam = self.lam()
+        else:
+            b, tl, h = q.shape[:3]
+            C = B = q.new_zeros(b, tl, h, 2)
+            log_alpha, theta, lam = q.new_zeros(b, tl, h), q.new_zeros(b, tl, h, 1), q.new_ones(h)
+        backend = self.backend if self.backend in ("naive", "sdpa") else "auto"
+        o = context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, group=group, layout=layout,
+                                       backend=backend, cu_seqlens=cu_seqlens, check_inputs=False)
         return self.W_O(rearrange(o, "b t h d -> b t (h d)"))
 
     def _check_x(self, x):

@@ -93,8 +93,9 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.ffn = SwiGLU(cfg.d_model, cfg.d_ff)
 
-    def forward(self, x, cache=None, cu_seqlens=None):
-        x = x + self.attn(self.attn_norm(x), cache=cache, cu_seqlens=cu_seqlens)
+    def forward(self, x, cache=None, cu_seqlens=None, cp_group=None, cp_layout="zigzag"):
+        x = x + self.attn(self.attn_norm(x), cache=cache, cu_seqlens=cu_seqlens, cp_group=cp_group,
+                          cp_layout=cp_layout)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -115,13 +116,19 @@ class SISAModel(nn.Module):
             for lin in (block.ffn.w_gate, block.ffn.w_up, block.ffn.w_down):
                 nn.init.normal_(lin.weight, std=0.02)
 
-    def forward(self, ids, caches=None, cu_seqlens=None, *, check_inputs: bool = True):
+    def forward(self, ids, caches=None, cu_seqlens=None, *, check_inputs: bool = True, cp_group=None,
+                cp_layout: str = "zigzag"):
         """ids (b, t) int64 or int32 -> logits (b, t, vocab_size).
 
         caches: a list of one LayerCache per layer (see ``new_caches``) for cached decoding.
-        cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1.
+        cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1 (with cp_group:
+        of the whole sequence).
         check_inputs: also check that every id is in [0, vocab_size) (one host sync;
         skipped under torch.compile and on the meta device).
+        cp_group: context parallelism over this torch.distributed group: ids is this
+        rank's shard (b, t / W) as ``sisa.distributed.shard_sequence(ids, layout=cp_layout)``
+        cuts it, and the logits are this rank's shard of the whole sequence's logits
+        (shard the labels the same way; the per-rank losses sum to the whole loss).
         """
         _check_ids("ids", ids)
         self._check_caches(caches, cu_seqlens)
@@ -129,7 +136,8 @@ class SISAModel(nn.Module):
             self._check_id_range("ids", ids)
         x = self.embed(ids)
         for i, block in enumerate(self.layers):
-            x = block(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens)
+            x = block(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens, cp_group=cp_group,
+                      cp_layout=cp_layout)
         return F.linear(self.final_norm(x), self.embed.weight)   # tied head
 
     def _check_caches(self, caches, cu_seqlens):
