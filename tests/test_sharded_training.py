@@ -2,6 +2,7 @@
 processes on the CPU: the loss and every gradient equal one process training on the
 whole batch (float32: to rounding; bf16 mixed precision: to bf16's error), and
 lambda_raw stays a float32 parameter."""
+import gc
 import os
 import tempfile
 
@@ -40,35 +41,42 @@ def single_process_grads():
 def worker(rank, world, path, mode):
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
     try:
-        ref_loss, ref_grads = single_process_grads()
-        model = tiny_model()
-        if mode == "ddp":
-            model = torch.nn.parallel.DistributedDataParallel(model)
-        else:
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-            mp_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-                         if mode == "fsdp-bf16" else MixedPrecisionPolicy())
-            for block in model.layers:
-                fully_shard(block, mp_policy=mp_policy)
-            fully_shard(model, mp_policy=mp_policy)
-        ids = batch().chunk(world)[rank]                    # each rank its share of the batch
-        loss = loss_of(model, ids)
-        loss.backward()
-        losses = [torch.zeros(()) for _ in range(world)]
-        dist.all_gather(losses, loss.detach().float())
-        inner = model.module if mode == "ddp" else model
-        tol = 2e-2 if mode == "fsdp-bf16" else 1e-5
-        assert abs(float(torch.stack(losses).mean()) - float(ref_loss)) <= tol * float(ref_loss), mode
-        for name, p in inner.named_parameters():
-            grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-            ref = ref_grads[name.replace("module.", "")]
-            err = float((grad.float() - ref).abs().max())
-            scale = float(ref.abs().max()) + 1e-12
-            assert err <= tol * scale + 1e-7, (mode, name, err, scale)
-            if name.endswith("lambda_raw"):
-                assert p.dtype == torch.float32, (mode, p.dtype)
+        check(rank, world, mode)
+        gc.collect()                   # DDP / FSDP state goes before its process group does
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def check(rank, world, mode):
+    """This rank's loss and gradients under ``mode`` against one process's."""
+    ref_loss, ref_grads = single_process_grads()
+    model = tiny_model()
+    if mode == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    else:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                     if mode == "fsdp-bf16" else MixedPrecisionPolicy())
+        for block in model.layers:
+            fully_shard(block, mp_policy=mp_policy)
+        fully_shard(model, mp_policy=mp_policy)
+    ids = batch().chunk(world)[rank]                    # each rank its share of the batch
+    loss = loss_of(model, ids)
+    loss.backward()
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss.detach().float())
+    inner = model.module if mode == "ddp" else model
+    tol = 2e-2 if mode == "fsdp-bf16" else 1e-5
+    assert abs(float(torch.stack(losses).mean()) - float(ref_loss)) <= tol * float(ref_loss), mode
+    for name, p in inner.named_parameters():
+        grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        ref = ref_grads[name.replace("module.", "")]
+        err = float((grad.float() - ref).abs().max())
+        scale = float(ref.abs().max()) + 1e-12
+        assert err <= tol * scale + 1e-7, (mode, name, err, scale)
+        if name.endswith("lambda_raw"):
+            assert p.dtype == torch.float32, (mode, p.dtype)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp-bf16"])
