@@ -17,9 +17,10 @@ differentiable in all eight inputs:
    from the exclusive prefix of the totals before it: exact whatever the decay.
 2. The key side (k, v, B_rot, g) is all-gathered, as Llama 3 does for plain
    attention: one collective per tensor, simple to overlap with compute. Each local
-   query chunk then attends to the keys before its end through the exact chunked
-   stock-SDPA path (or the naive one), whose per-chunk offsets keep the decay inside
-   the dtype's range. The backward sums the key-side gradients back to their owners.
+   query chunk then attends to the keys before its end: through the fused kernel
+   (whose queries may be the last s of t positions) on CUDA, else the exact chunked
+   stock-SDPA path (or the naive one). The backward sums the key-side gradients back
+   to their owners.
 
 Memory: the all-gather holds the whole sequence's key side on every rank,
 t * (2 hk d + h n + h) elements (k, v, B_rot, g), against t / W of each for the
@@ -31,9 +32,7 @@ attention (short chunks, slow links). Not implemented here.
 Packed documents (``cu_seqlens``, global, as for ``sisa_attention``): the decay
 inputs (log_alpha, theta) are all-gathered instead of the totals, every rank scans
 the whole sequence with restarts (an O(t h n) pass) and each local query piece
-attends to its own document's keys. The fused Triton kernels take no query offset
-yet, so the local attention runs on the ``sdpa`` (or ``naive``) path on every
-device; ``backend="triton"`` is refused.
+attends to its own document's keys.
 
 Nothing here imports torch.distributed at ``import sisa`` time.
 """
@@ -44,9 +43,9 @@ import math
 import torch
 
 from ._checks import check_attention_inputs, check_softmax_scale
-from .naive import naive_attention, rotate_pairs, scan_state, state_dtype
-from .ops import sisa_attention, ssm_importance_scan
-from .sdpa import sdpa_attention
+from .naive import rotate_pairs, scan_state, state_dtype
+from . import backends
+from .ops import attention_from_scan, sisa_attention, ssm_importance_scan
 from .varlen import check_cu_seqlens
 
 LAYOUTS = ("zigzag", "contiguous")
@@ -167,7 +166,8 @@ def context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, *, group=No
         q (b, t/W, h, d); k, v (b, t/W, hk, d); C, B (b, t/W, h, n);
         log_alpha (b, t/W, h); theta (b, t/W, h, n/2); lam (h,) (the same on every rank).
         group: the process group (default: the world); W = its size.
-        backend: "auto" or "sdpa" (exact chunked stock SDPA), or "naive".
+        backend: "auto" (triton on CUDA, else sdpa), "triton", "sdpa" or "naive"
+            for the local attention.
         cu_seqlens: optional int32 (n_seqs + 1,) of the WHOLE packed sequence (b = 1),
             the same on every rank.
     Returns: (b, t/W, h, d), this rank's shard of the output.
@@ -175,9 +175,6 @@ def context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, *, group=No
     or dtype raise a ValueError on every rank.
     """
     world, rank = _world(group)
-    if backend not in ("auto", "sdpa", "naive"):
-        raise ValueError(f"backend must be 'auto', 'sdpa' or 'naive' for context parallelism (the fused "
-                         f"kernels take no query offset yet), got {backend!r}")
     check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=check_inputs,
                            softmax_scale=softmax_scale)
     if world == 1:
@@ -193,6 +190,7 @@ def context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, *, group=No
                          f"{layout!r} (shards made by sisa.distributed.shard_sequence are)")
     c = t_local // len(mine)
     scale = check_softmax_scale(softmax_scale) or 1.0 / math.sqrt(d)
+    backend = backends.resolve(backend, q.device, "attention", q.dtype)
     if cu_seqlens is not None:
         return _packed(q, k, v, C, B, log_alpha, theta, lam, scale, group, layout, world, mine, c,
                        cu_seqlens, backend)
@@ -204,7 +202,7 @@ def context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, *, group=No
     g_before = _exclusive_prefix(all_gather(totals_g, group), layout, world)
     p_before = _exclusive_prefix(all_gather(totals_p, group), layout, world)
     scanned = [ssm_importance_scan(*parts, initial_state=(g_before[i], p_before[i]), check_inputs=False,
-                                   backend="naive" if backend == "naive" or not q.is_cuda else "auto")
+                                   backend="triton" if backend == "triton" and q.is_cuda else "naive")
                for i, parts in zip(mine, zip(split(C), split(B), split(log_alpha), split(theta)))]
     C_rot = torch.cat([s[0] for s in scanned], 1)
     B_rot = torch.cat([s[1] for s in scanned], 1)
@@ -229,9 +227,7 @@ def _exclusive_prefix(gathered: torch.Tensor, layout: str, world: int) -> list[t
 
 def _attend(backend, q, k, v, C_rot, B_rot, g, lam, scale):
     """Queries that are the last q.shape[1] of k.shape[1] positions."""
-    if backend == "naive":
-        return naive_attention(q, k, v, C_rot, B_rot, g, lam, scale)
-    return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale)
+    return attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=scale, backend=backend)
 
 
 def _packed(q, k, v, C, B, log_alpha, theta, lam, scale, group, layout, world, mine, c, cu_seqlens, backend):

@@ -224,9 +224,8 @@ class SISAAttention(nn.Module):
             b, tl, h = q.shape[:3]
             C = B = q.new_zeros(b, tl, h, 2)
             log_alpha, theta, lam = q.new_zeros(b, tl, h), q.new_zeros(b, tl, h, 1), q.new_ones(h)
-        backend = self.backend if self.backend in ("naive", "sdpa") else "auto"
         o = context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, group=group, layout=layout,
-                                       backend=backend, cu_seqlens=cu_seqlens, check_inputs=False)
+                                       backend=self.backend, cu_seqlens=cu_seqlens, check_inputs=False)
         return self.W_O(rearrange(o, "b t h d -> b t (h d)"))
 
     def _check_x(self, x):

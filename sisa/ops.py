@@ -68,8 +68,9 @@ def _packed_naive_scan(C, B, log_alpha, theta, initial_state, segments):
 def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, backend="auto", cu_seqlens=None):
     """SISA attention given the scan's outputs (no validation: internal callers such
     as the layer's cached prefill). Shapes as sisa_attention, with C_rot, B_rot
-    (b, t, h, n) and g (b, t, h); cu_seqlens (triton only) as there.
-    Returns (b, t, h, d) in q's dtype."""
+    (b, t, h, n) and g (b, t, h); q and C_rot may hold only the last s <= t positions
+    (queries of a sequence shard). cu_seqlens (triton only) as there.
+    Returns (b, s, h, d) in q's dtype."""
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
     b, t, h, d = q.shape
     if t == 0:

@@ -106,12 +106,14 @@ def load_g(g_base, idx, ok, sg_t):
 
 
 @triton.jit
-def query_rows(q_base, c_base, g_base, rows, row_ok, m0, sq_t, sq_d, sc_t, sc_n, sg_t,
+def query_rows(q_base, c_base, g_base, rows, row_ok, m0, q_off, sq_t, sq_d, sc_t, sc_n, sg_t,
                offs_d, d_ok, offs_s, s_ok):
-    """A query block's q and raw Cr tiles, its g rows and g at its first row m0."""
+    """A query block's q and raw Cr tiles (query rows), and g at the rows' positions
+    (row + q_off) and at the first row's, p0 = m0 + q_off."""
     q = load_rows(q_base, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
     cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
-    return q, cr, load_g(g_base, rows, row_ok, sg_t), load_g(g_base, m0.to(tl.int64), True, sg_t)
+    return (q, cr, load_g(g_base, rows + q_off, row_ok, sg_t),
+            load_g(g_base, (m0 + q_off).to(tl.int64), True, sg_t))
 
 
 @triton.jit
@@ -199,7 +201,7 @@ def _sisa_fwd_kernel(
     sb_b, sb_t, sb_h, sb_n,
     sg_b, sg_t, sg_h,
     so_b, so_t, so_h, so_d,
-    H, T, REP, qk_scale, T_BUCKET,                      # T_BUCKET: the opt-in autotuner's key only
+    H, T, S, REP, qk_scale, T_BUCKET,                   # T_BUCKET: the opt-in autotuner's key only
     D: tl.constexpr, N: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -208,14 +210,18 @@ def _sisa_fwd_kernel(
     bi = tl.program_id(2).to(tl.int64)
     hk = hi // REP
     m0 = pid_m * BLOCK_M
+    q_off = T - S                                       # the S queries are the last S of T positions
+    p0 = m0 + q_off                                     # the block's first position
+    n_split = (p0 // BLOCK_N) * BLOCK_N                 # keys before it: below the diagonal
 
-    offs_m, row_ok, rows, offs_d, d_ok, offs_s, s_ok = block_offsets(m0, T, D, N, BLOCK_M, D_PAD, N_PAD)
+    offs_m, row_ok, rows, offs_d, d_ok, offs_s, s_ok = block_offsets(m0, S, D, N, BLOCK_M, D_PAD, N_PAD)
     c_base = CR + bi * sc_b + hi * sc_h
     g_base = G + bi * sg_b + hi * sg_h
-    q, cr, g_i, g_m0 = query_rows(Q + bi * sq_b + hi * sq_h, c_base, g_base, rows, row_ok, m0,
+    q, cr, g_i, g_m0 = query_rows(Q + bi * sq_b + hi * sq_h, c_base, g_base, rows, row_ok, m0, q_off,
                                   sq_t, sq_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok)
     lam, c_scale, s_scale = logit_scales(LAM, hi, qk_scale)
     start_i, n_lo = sequence_starts(SEQ_START, rows, row_ok, m0, BLOCK_N, IS_VARLEN)
+    pos_m = offs_m + q_off
 
     k_base = K + bi * sk_b + hk * sk_h
     v_base = V + bi * sv_b + hk * sv_h
@@ -224,16 +230,16 @@ def _sisa_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)   # any finite start fails some scale
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    # Keys j < m0: the query factor exp(g_i - g_m0) <= 1 goes on the Cr rows once.
+    # Keys j < n_split <= p0: the query factor exp(g_i - g_p0) <= 1 goes on the Cr rows once.
     cr_f = (cr.to(tl.float32) * tl.exp(neg_part(g_i - g_m0))[:, None]).to(cr.dtype)
-    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr_f, g_i, g_m0, offs_m, start_i, n_lo, m0,
+    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr_f, g_i, g_m0, pos_m, start_i, n_lo, n_split,
                                 k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
                                 BLOCK_N, False, IS_VARLEN, UPCAST)
     # Diagonal blocks on the raw Cr rows (loaded again: one Cr tile live per phase).
     cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
-    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, start_i, m0,
-                                tl.minimum(m0 + BLOCK_M, T),
+    acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, pos_m, start_i, n_split,
+                                tl.minimum(p0 + BLOCK_M, T),
                                 k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
                                 BLOCK_N, True, IS_VARLEN, UPCAST)
@@ -242,17 +248,20 @@ def _sisa_fwd_kernel(
     tl.store(OUT + bi * so_b + hi * so_h + rows[:, None] * so_t + offs_d[None, :] * so_d,
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
-    tl.store(LSE + (bi * H + hi) * T + rows, lse, mask=row_ok)
+    tl.store(LSE + (bi * H + hi) * S + rows, lse, mask=row_ok)
 
 
 _sisa_fwd_tuned = configs.autotuned(_sisa_fwd_kernel, "fwd")
 
 
 def check_inputs(q, k, v, C_rot, B_rot, g, lam):
-    b, t, h, d = q.shape
-    hk = k.shape[2]
+    """q (b, s, h, d) and C_rot (b, s, h, n): the last s <= t of the t key positions."""
+    b, s, h, d = q.shape
+    t, hk = k.shape[1], k.shape[2]
     assert k.shape == v.shape == (b, t, hk, d) and h % hk == 0, "k, v: (b, t, hk, d), hk divides h"
-    assert C_rot.shape == B_rot.shape and C_rot.shape[:3] == (b, t, h), "C_rot, B_rot: (b, t, h, n)"
+    assert s <= t, "q: at most k's t positions (the last s of them)"
+    assert C_rot.shape[:3] == (b, s, h) and B_rot.shape[:3] == (b, t, h), "C_rot (b, s, h, n), B_rot (b, t, h, n)"
+    assert C_rot.shape[3] == B_rot.shape[3], "C_rot, B_rot: one d_state"
     assert g.shape == (b, t, h) and lam.shape == (h,), "g: (b, t, h), lam: (h,)"
     assert q.dtype == k.dtype == v.dtype and C_rot.dtype == B_rot.dtype, "dtype mismatch"
 
@@ -269,25 +278,28 @@ def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None, bou
     """Launch the forward kernel. Shapes in the module docstring.
 
     config: optional {"BLOCK_M": .., "BLOCK_N": ..} (BLOCK_M a multiple of BLOCK_N,
-    optionally num_warps / num_stages) instead of ``configs``' choice. bounds: ``sequence_bounds`` of a packed batch (b = 1):
-    no row sees a key outside its own sequence. Returns (out (b, t, h, d) in q's
-    dtype, lse (b, h, t) float32).
+    optionally num_warps / num_stages) instead of ``configs``' choice. bounds:
+    ``sequence_bounds`` of a packed batch (b = 1, s = t): no row sees a key outside
+    its own sequence. q and C_rot may hold only the last s <= t positions (a sequence
+    shard's queries over the keys up to its end). Returns (out (b, s, h, d) in q's
+    dtype, lse (b, h, s) float32).
     """
     check_inputs(q, k, v, C_rot, B_rot, g, lam)
-    b, t, h, d = q.shape
-    hk = k.shape[2]
+    b, s, h, d = q.shape
+    t, hk = k.shape[1], k.shape[2]
     n = C_rot.shape[-1]
+    assert bounds is None or s == t, "packed sequences take every position as a query"
     if config is not None:
         assert config["BLOCK_M"] % config["BLOCK_N"] == 0
-    out = torch.empty((b, t, h, d), dtype=q.dtype, device=q.device)
-    lse = torch.empty((b, h, t), dtype=torch.float32, device=q.device)
-    if t == 0 or b * h == 0:
+    out = torch.empty((b, s, h, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, s), dtype=torch.float32, device=q.device)
+    if s == 0 or b * h == 0:
         return out, lse
     lam = lam.to(torch.float32)
-    grid = lambda meta: (triton.cdiv(t, meta["BLOCK_M"]), h, b)
+    grid = lambda meta: (triton.cdiv(s, meta["BLOCK_M"]), h, b)
     args = (q, k, v, C_rot, B_rot, g, lam, out, lse, bounds,
             *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
-            *out.stride(), h, t, h // hk, float(softmax_scale), configs.length_bucket(t))
+            *out.stride(), h, t, s, h // hk, float(softmax_scale), configs.length_bucket(t))
     consts = dict(D=d, N=n, D_PAD=padded(d), N_PAD=padded(n), IS_VARLEN=bounds is not None,
                   UPCAST=upcast_dot(q.dtype, C_rot.dtype))
     configs.launch(_sisa_fwd_kernel, _sisa_fwd_tuned, "fwd", grid, args, consts, config, t)

@@ -47,7 +47,7 @@ def _sisa_bwd_delta_kernel(O, DO, DELTA, so_b, so_t, so_h, so_d, sdo_b, sdo_t, s
 
 
 @triton.jit
-def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo, m_hi,
+def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo, m_hi, q_off,
                 q_base, do_base, c_base, g_base, LSE, DELTA, SEQ_START, row_base,
                 sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t,
                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
@@ -55,27 +55,29 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
     """Accumulate over the query blocks in [m_lo, m_hi) for a fixed key block, in the
     transposed (keys x queries) orientation.
 
-    DIAG False: queries i > a >= every key; br holds Br_j
+    Query rows i in [m_lo, m_hi) sit at positions i + q_off (the queries are the last
+    ones of the T positions).
+    DIAG False: queries after a >= every key; br holds Br_j
     exp(g_a - g_j); the row factor exp(g_i - g_a) scales the products (dec), never an
     operand. DIAG True: br holds the raw Br rows; per-element decay under the causal
     mask. Either way x = dec * (br cr^T) and acc_db gets (dS * dec)^T Cr.
     IS_VARLEN: a query sees only keys of its own sequence.
     """
     for m0 in range(m_lo, m_hi, BLOCK_IN):
-        offs_i = m0 + tl.arange(0, BLOCK_IN)
-        row_ok = offs_i < T
+        offs_i = m0 + tl.arange(0, BLOCK_IN)              # query rows; their positions: + q_off
+        row_ok = offs_i < m_hi                            # m_hi <= S; a range need not fill its last block
         rows = offs_i.to(tl.int64)
         q = load_rows(q_base, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
         do = load_rows(do_base, rows, row_ok, sdo_t, offs_d, d_ok, sdo_d)
         cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
-        g_i = load_g(g_base, rows, row_ok, sg_t)
+        g_i = load_g(g_base, rows + q_off, row_ok, sg_t)
         lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
         keep = row_ok[None, :]
         if IS_VARLEN:
             keep &= offs_n[:, None] >= tl.load(SEQ_START + rows, mask=row_ok, other=0)[None, :]
         if DIAG:
-            keep &= offs_i[None, :] >= offs_n[:, None]
+            keep &= (offs_i + q_off)[None, :] >= offs_n[:, None]
             dec = tl.exp(tl.where(keep, neg_part(g_i[None, :] - g_j[:, None]), 0.0))
         else:
             dec = tl.exp(neg_part(g_i - g_a))[None, :]
@@ -103,7 +105,7 @@ def _sisa_bwd_dkv_kernel(
     sdo_b, sdo_t, sdo_h, sdo_d,
     sdk_b, sdk_t, sdk_h, sdk_d,
     sdb_b, sdb_t, sdb_h, sdb_n,
-    H, T, REP, qk_scale, T_BUCKET,                      # T_BUCKET: the opt-in autotuner's key only
+    H, T, S, REP, qk_scale, T_BUCKET,                   # T_BUCKET: the opt-in autotuner's key only
     D: tl.constexpr, N: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -121,10 +123,14 @@ def _sisa_bwd_dkv_kernel(
     # Query blocks below the key block: anchor a = the block's last key (<= every
     # query, >= every key); the key factor exp(g_a - g_j) <= 1 goes on the Br rows once.
     a = tl.minimum(n0 + BLOCK_OUT - 1, T - 1)
+    q_off = T - S                                       # query row i sits at position i + q_off
     if IS_VARLEN:
-        m_hi = tl.load(BOUNDS + T + a)                  # no later query sees these keys
+        m_hi = tl.load(BOUNDS + T + a)                  # no later query sees these keys (q_off = 0)
     else:
-        m_hi = T
+        m_hi = S
+    after = tl.maximum(n0 + BLOCK_OUT - q_off, 0)        # the first query row after every key
+    diag_lo = tl.maximum(n0 - q_off, 0)                 # query rows at the block's positions
+    diag_hi = tl.maximum(tl.minimum(n0 + BLOCK_OUT, T) - q_off, 0)
     acc_dk = tl.zeros([BLOCK_OUT, D_PAD], dtype=tl.float32)
     acc_dv = tl.zeros([BLOCK_OUT, D_PAD], dtype=tl.float32)
 
@@ -139,14 +145,14 @@ def _sisa_bwd_dkv_kernel(
         q_base = Q + bi * sq_b + hi * sq_h
         do_base = DO + bi * sdo_b + hi * sdo_h
         c_base = CR + bi * sc_b + hi * sc_h
-        row_base = (bi * H + hi) * T
+        row_base = (bi * H + hi) * S
         acc_db = tl.zeros([BLOCK_OUT, N_PAD], dtype=tl.float32)     # dBr / lam
         col_g = tl.zeros([BLOCK_OUT], dtype=tl.float32)
 
         key_f = tl.exp(neg_part(g_a - g_j))
         br_f = (br.to(tl.float32) * key_f[:, None]).to(br.dtype)
         acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
-            acc_dk, acc_dv, acc_db, col_g, k, v, br_f, g_j, g_a, offs_n, n0 + BLOCK_OUT, m_hi,
+            acc_dk, acc_dv, acc_db, col_g, k, v, br_f, g_j, g_a, offs_n, after, m_hi, q_off,
             q_base, do_base, c_base, g_base, LSE, DELTA, BOUNDS, row_base,
             sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
             BLOCK_IN, False, IS_VARLEN, UPCAST)
@@ -155,13 +161,13 @@ def _sisa_bwd_dkv_kernel(
         acc_db = acc_db * key_f[:, None]
         br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
         acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
-            acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, n0, tl.minimum(n0 + BLOCK_OUT, T),
+            acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, diag_lo, diag_hi, q_off,
             q_base, do_base, c_base, g_base, LSE, DELTA, BOUNDS, row_base,
             sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
             BLOCK_IN, True, IS_VARLEN, UPCAST)
         tl.store(DBR + bi * sdb_b + hi * sdb_h + cols[:, None] * sdb_t + offs_s[None, :] * sdb_n,
                  (lam * acc_db).to(DBR.dtype.element_ty), mask=col_ok[:, None] & s_ok[None, :])
-        tl.store(COLG + row_base + cols, col_g, mask=col_ok)
+        tl.store(COLG + (bi * H + hi) * T + cols, col_g, mask=col_ok)
 
     kv_mask = col_ok[:, None] & d_ok[None, :]
     dk_off = bi * sdk_b + hk * sdk_h + cols[:, None] * sdk_t + offs_d[None, :] * sdk_d
@@ -205,7 +211,7 @@ def _sisa_bwd_dq_kernel(
     sdo_b, sdo_t, sdo_h, sdo_d,
     sdq_b, sdq_t, sdq_h, sdq_d,
     sdc_b, sdc_t, sdc_h, sdc_n,
-    H, T, REP, qk_scale, T_BUCKET,                      # T_BUCKET: the opt-in autotuner's key only
+    H, T, S, REP, qk_scale, T_BUCKET,                   # T_BUCKET: the opt-in autotuner's key only
     D: tl.constexpr, N: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
     BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -216,13 +222,17 @@ def _sisa_bwd_dq_kernel(
     bi = tl.program_id(2).to(tl.int64)
     hk = hi // REP
     m0 = pid_m * BLOCK_OUT
+    q_off = T - S                                       # the S queries are the last S of T positions
+    p0 = m0 + q_off
+    n_split = (p0 // BLOCK_IN) * BLOCK_IN               # keys before it: below the diagonal
 
-    offs_m, row_ok, rows, offs_d, d_ok, offs_s, s_ok = block_offsets(m0, T, D, N, BLOCK_OUT, D_PAD, N_PAD)
-    row_base = (bi * H + hi) * T
+    offs_m, row_ok, rows, offs_d, d_ok, offs_s, s_ok = block_offsets(m0, S, D, N, BLOCK_OUT, D_PAD, N_PAD)
+    row_base = (bi * H + hi) * S
     c_base = CR + bi * sc_b + hi * sc_h
     g_base = G + bi * sg_b + hi * sg_h
-    q, cr, g_i, g_m0 = query_rows(Q + bi * sq_b + hi * sq_h, c_base, g_base, rows, row_ok, m0,
+    q, cr, g_i, g_m0 = query_rows(Q + bi * sq_b + hi * sq_h, c_base, g_base, rows, row_ok, m0, q_off,
                                   sq_t, sq_d, sc_t, sc_n, sg_t, offs_d, d_ok, offs_s, s_ok)
+    pos_m = offs_m + q_off
     do = load_rows(DO + bi * sdo_b + hi * sdo_h, rows, row_ok, sdo_t, offs_d, d_ok, sdo_d)
     lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
@@ -236,11 +246,11 @@ def _sisa_bwd_dq_kernel(
     acc_dc = tl.zeros([BLOCK_OUT, N_PAD], dtype=tl.float32)          # dCr / lam
     row_g = tl.zeros([BLOCK_OUT], dtype=tl.float32)
 
-    # Keys j < m0: the query factor exp(g_i - g_m0) <= 1 goes on the Cr rows once.
+    # Keys j < n_split <= p0: the query factor exp(g_i - g_p0) <= 1 goes on the Cr rows once.
     row_f = tl.exp(neg_part(g_i - g_m0))
     cr_f = (cr.to(tl.float32) * row_f[:, None]).to(cr.dtype)
     acc_dq, acc_dc, row_g = _dq_blocks(
-        acc_dq, acc_dc, row_g, q, do, cr_f, g_i, g_m0, lse, delta, offs_m, start_i, n_lo, m0,
+        acc_dq, acc_dc, row_g, q, do, cr_f, g_i, g_m0, lse, delta, pos_m, start_i, n_lo, n_split,
         k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
         offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale, BLOCK_IN, False, IS_VARLEN, UPCAST)
     # From here on acc_dc takes dS * D directly: give the off-diagonal part its row factor.
@@ -248,8 +258,8 @@ def _sisa_bwd_dq_kernel(
     acc_dc = acc_dc * row_f[:, None]
     cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
     acc_dq, acc_dc, row_g = _dq_blocks(
-        acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, start_i, m0,
-        tl.minimum(m0 + BLOCK_OUT, T),
+        acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, pos_m, start_i, n_split,
+        tl.minimum(p0 + BLOCK_OUT, T),
         k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
         offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale, BLOCK_IN, True, IS_VARLEN, UPCAST)
 
@@ -265,7 +275,8 @@ _sisa_bwd_dq_tuned = configs.autotuned(_sisa_bwd_dq_kernel, "dq")
 
 
 def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, config=None, bounds=None):
-    """Gradients of sisa_attn. dout, out (b, t, h, d); lse (b, h, t) float32.
+    """Gradients of sisa_attn. dout, out (b, s, h, d); lse (b, h, s) float32; the s
+    queries are the last s of k's t positions (s = t for a whole sequence).
 
     config: optional {"BLOCK_OUT": .., "BLOCK_IN": ..} (BLOCK_OUT a multiple of
     BLOCK_IN, optionally num_warps / num_stages) for both kernels instead of
@@ -273,8 +284,8 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     Returns (dq, dk, dv, dC_rot, dB_rot, dg, dlam) with each input's shape and dtype
     (dlam in float32; the caller casts).
     """
-    b, t, h, d = q.shape
-    hk = k.shape[2]
+    b, s, h, d = q.shape
+    t, hk = k.shape[1], k.shape[2]
     n = C_rot.shape[-1]
     rep = h // hk
     dev = q.device
@@ -284,10 +295,10 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     dbr = torch.empty_like(B_rot, memory_format=torch.contiguous_format)
     dk = torch.empty((b, t, hk, d), dtype=k.dtype, device=dev)      # GQA groups summed in the kernel
     dv = torch.empty((b, t, hk, d), dtype=v.dtype, device=dev)
-    delta = torch.empty((b, h, t), dtype=torch.float32, device=dev)
-    row_g = torch.empty((b, h, t), dtype=torch.float32, device=dev)
+    delta = torch.empty((b, h, s), dtype=torch.float32, device=dev)
+    row_g = torch.empty((b, h, s), dtype=torch.float32, device=dev)
     col_g = torch.empty((b, h, t), dtype=torch.float32, device=dev)
-    if t == 0 or b * h == 0:
+    if s == 0 or b * h == 0:
         z = torch.zeros
         return (z(q.shape, dtype=q.dtype, device=dev), z(k.shape, dtype=k.dtype, device=dev),
                 z(v.shape, dtype=v.dtype, device=dev), z(C_rot.shape, dtype=C_rot.dtype, device=dev),
@@ -298,14 +309,14 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     d_pad, n_pad = padded(d), padded(n)
     upcast = upcast_dot(q.dtype, C_rot.dtype)
     blk = 16 if interpreting() else 64
-    _sisa_bwd_delta_kernel[(triton.cdiv(t, blk), h, b)](
-        out, dout, delta, *out.stride(), *dout.stride(), h, t, d, D_PAD=d_pad, BLOCK=blk)
+    _sisa_bwd_delta_kernel[(triton.cdiv(s, blk), h, b)](
+        out, dout, delta, *out.stride(), *dout.stride(), h, s, d, D_PAD=d_pad, BLOCK=blk)
     common = (*q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
               *dout.stride())
-    grid = lambda meta: (triton.cdiv(t, meta["BLOCK_OUT"]), h, b)
+    grid = lambda meta: (triton.cdiv(s, meta["BLOCK_OUT"]), h, b)
     kv_grid = lambda meta: (triton.cdiv(t, meta["BLOCK_OUT"]), hk, b)
     consts = dict(D=d, N=n, D_PAD=d_pad, N_PAD=n_pad, IS_VARLEN=bounds is not None, UPCAST=upcast)
-    tail = (h, t, rep, float(softmax_scale), configs.length_bucket(t))
+    tail = (h, t, s, rep, float(softmax_scale), configs.length_bucket(t))
     configs.launch(_sisa_bwd_dkv_kernel, _sisa_bwd_dkv_tuned, "dkv", kv_grid,
                    (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk, dv, dbr, col_g, bounds,
                     *common, *dk.stride(), *dbr.stride(), *tail), consts, config, t)
@@ -313,5 +324,8 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
                    (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dq, dcr, row_g, bounds,
                     *common, *dq.stride(), *dcr.stride(), *tail), consts, config, t)
     dlam = row_g.sum(dim=(0, 2))
-    dg = (lam32[None, :, None] * (row_g - col_g)).transpose(1, 2).contiguous().to(g.dtype)
+    # dg_t = lam (row sums of G at position t, for the query there) - lam (column sums at t)
+    diff = -col_g
+    diff[..., t - s:] += row_g
+    dg = (lam32[None, :, None] * diff).transpose(1, 2).contiguous().to(g.dtype)
     return dq, dk, dv, dcr, dbr, dg, dlam

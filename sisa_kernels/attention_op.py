@@ -33,8 +33,8 @@ def _attn_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C_rot: torch
 
 @_attn_fwd_op.register_fake
 def _(q, k, v, C_rot, B_rot, g, lam, softmax_scale, bounds=None):
-    b, t, h, d = q.shape
-    return q.new_empty((b, t, h, d)), q.new_empty((b, h, t), dtype=torch.float32)
+    b, s, h, d = q.shape
+    return q.new_empty((b, s, h, d)), q.new_empty((b, h, s), dtype=torch.float32)
 
 
 @torch.library.custom_op("sisa_kernels::sisa_attn_bwd", mutates_args=())

@@ -89,6 +89,16 @@ def test_forward_and_grads(b, t, h, hk, d, n, dtype, log_alpha):
     check_parity(make_inputs(b, t, h, hk, d, n, dtype, log_alpha))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("t,s", [(37, 13), (40, 16), (33, 1), (20, 20), (70, 45)])
+def test_queries_are_the_last_s_positions(t, s, dtype):
+    """q and C_rot hold only the last s of the t positions (a context-parallel shard's
+    queries over the keys up to its end): forward and every gradient against float64,
+    with GQA and strong decay, for offsets that do not align with the tiles."""
+    q, k, v, C_rot, B_rot, g, lam = make_inputs(1, t, 4, 2, 24, 8, dtype, STRONG, seed=t + s)
+    check_parity([q[:, t - s:].contiguous(), k, v, C_rot[:, t - s:].contiguous(), B_rot, g, lam])
+
+
 VARLEN = {"many short": [1, 3, 2, 7, 1, 5, 1, 4, 2, 6, 3], "spans tiles": [40, 1, 37],
           "with empty": [0, 9, 0, 0, 12]}
 

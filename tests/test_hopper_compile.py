@@ -25,7 +25,7 @@ for (fn, blocks), varlen in itertools.product(
          (attention_bwd._sisa_bwd_dkv_kernel, dict(BLOCK_OUT=128, BLOCK_IN=32)),
          (attention_bwd._sisa_bwd_dq_kernel, dict(BLOCK_OUT=128, BLOCK_IN=32))), (False, True)):
     consts = dict(D=64, N=16, D_PAD=64, N_PAD=16, UPCAST=False, IS_VARLEN=varlen, **blocks)
-    ints = ("H", "T", "REP", "T_BUCKET")
+    ints = ("H", "T", "S", "REP", "T_BUCKET")
     sig = {a: "constexpr" if a in consts else "fp32" if a == "qk_scale" else
            "i32" if a in ints or a.islower() else PTRS.get(a, "*bf16") for a in fn.arg_names}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
