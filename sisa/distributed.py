@@ -101,7 +101,7 @@ def shard_positions(t: int, group=None, layout: str = "zigzag", device=None) -> 
 
 class _AllGather(torch.autograd.Function):
     """(W, *x.shape): every rank's x; the backward sums each rank's slice of the
-    gradient over the group (an all-reduce, which gloo and NCCL both have)."""
+    gradient over the group: a reduce-scatter on NCCL, an all-reduce on gloo."""
 
     @staticmethod
     def forward(ctx, x, group):
@@ -115,7 +115,11 @@ class _AllGather(torch.autograd.Function):
     def backward(ctx, grad):
         dist = _dist()
         grad = grad.contiguous()
-        dist.all_reduce(grad, group=ctx.group)
+        if dist.get_backend(ctx.group) == "nccl":       # each rank receives only its own slice
+            mine = torch.empty_like(grad[0])
+            dist.reduce_scatter_tensor(mine, grad, group=ctx.group)
+            return mine, None
+        dist.all_reduce(grad, group=ctx.group)            # gloo has no reduce-scatter
         return grad[dist.get_rank(ctx.group)], None
 
 
