@@ -143,9 +143,8 @@ def check_scan_inputs(C, B, log_alpha, theta, initial_state=None, check_values=T
 
 
 def check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=True, softmax_scale=None):
-    """Shapes as in docs/design.md section 1 (see sisa.sisa_attention); one host sync
-    for the value checks (log_alpha, lam) when check_values. Returns whether v is
-    all finite (read in the same sync), or None without check_values."""
+    """Shapes as in docs/design.md section 1 (see sisa.sisa_attention); with
+    check_values also check_attention_values (one host sync)."""
     for name, x in (("q", q), ("k", k), ("v", v), ("C", C), ("B", B), ("log_alpha", log_alpha),
                     ("theta", theta), ("lam", lam)):
         _tensor(name, x)
@@ -172,7 +171,14 @@ def check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=Tr
     _same_dtype([("q", q), ("k", k), ("v", v), ("C", C), ("B", B)])
     _shape("lam", lam, (h,), "(heads,)")
     _same_device([("q", q), ("k", k), ("v", v), ("C", C), ("lam", lam)])
-    if not check_values:
-        return None
-    v_finite, = _check_values(_log_alpha_flags(log_alpha) + _lam_flags(lam), [torch.isfinite(v).all()])
-    return v_finite
+    if check_values:
+        check_attention_values(log_alpha, lam)
+
+
+def check_attention_values(log_alpha, lam, probe_v=None):
+    """The value checks of log_alpha and lam, in one host sync that also reads whether
+    ``probe_v`` (a tensor, optional: an extra pass over it) is all finite. Returns
+    that bool, or None without probe_v."""
+    probes = [torch.isfinite(probe_v).all()] if probe_v is not None else []
+    read = _check_values(_log_alpha_flags(log_alpha) + _lam_flags(lam), probes)
+    return read[0] if probes else None

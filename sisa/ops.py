@@ -9,7 +9,7 @@ import math
 import torch
 
 from . import backends
-from ._checks import check_attention_inputs, check_scan_inputs, check_softmax_scale
+from ._checks import check_attention_inputs, check_attention_values, check_scan_inputs, check_softmax_scale
 from .naive import naive_attention, naive_scan, scan_state, state_dtype
 from .sdpa import fused_augment_available, sdpa_attention
 from .varlen import check_cu_seqlens, split_sequences
@@ -110,10 +110,12 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
     Returns:
         (b, t, h, d) in q's dtype. Differentiable in all eight inputs.
     """
-    v_finite = check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=check_inputs,
-                                      softmax_scale=softmax_scale)
+    check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=False, softmax_scale=softmax_scale)
     softmax_scale = check_softmax_scale(softmax_scale)              # a float (or None) from here on
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
+    # Values, in one sync; the kernel's route also needs to know whether v is finite.
+    v_finite = (check_attention_values(log_alpha, lam, probe_v=v if backend == "triton" else None)
+                if check_inputs else None)
     if backend == "triton" and v_finite is False:
         # An inf in v: the kernel's diagonal tiles would multiply it by the 0 weight of
         # masked rows (NaN); sdpa's exact row-wise path keeps those rows as the maths has them.

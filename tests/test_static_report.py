@@ -82,8 +82,7 @@ def test_every_config_the_launchers_may_pick_has_a_sane_row(report):
 
     for r in rows:
         where = (r["kernel"], r["kwargs"], r["head_dims"], r["d_states"])
-        assert 1 <= r["regs"] <= 255 and r["spilled_bytes"] >= 0 and r["smem"] >= 0, where
-        assert r["dtype"] == "bf16" and r["blocks_per_sm"] >= 0, where
+        assert 1 <= r["regs"] <= 255 and r["dtype"] == "bf16" and r["blocks_per_sm"] >= 1, where
         if r["kernel"] in ATTENTION or r["family"] == "yardstick-fa2":
             assert r["smem"] > 0, where
             # wgmma takes 64 rows per warpgroup: 32-row tiles use mma.sync (HMMA) instead.
