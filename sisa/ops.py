@@ -72,8 +72,8 @@ def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, ba
     (queries of a sequence shard). cu_seqlens (triton only) as there.
     Returns (b, s, h, d) in q's dtype."""
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
-    b, t, h, d = q.shape
-    if t == 0:
+    b, s, h, d = q.shape                                          # s queries: the last s of t positions
+    if s == 0:
         return q.new_empty(b, 0, h, d)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     if backend == "naive":
