@@ -301,23 +301,29 @@ def _attention_bwd(d, n, sh):
 
 
 def _scan(d, n, sh):
+    """The report's batch, then a batch of 64 (more (batch, head) programs: the launcher
+    widens the block of angle pairs each one carries)."""
     from sisa_kernels import scan
-    dt, b, t, h = getattr(torch, sh.dtype), sh.batch, sh.seqlen, sh.heads
-    c, bb = torch.empty(b, t, h, n, dtype=dt), torch.empty(b, t, h, n, dtype=dt)
-    la, th = torch.empty(b, t, h, dtype=dt), torch.empty(b, t, h, n // 2, dtype=dt)
-    with pretend_cuda([scan], sh.sms):
-        _, _, _, _, phi_last = scan._scan_fwd(c, bb, la, th, None, None)
-        scan._scan_bwd(c, bb, th, phi_last, torch.empty_like(c), torch.empty_like(bb),
-                       torch.empty(b, t, h), None, None)
+    dt, t, h = getattr(torch, sh.dtype), sh.seqlen, sh.heads
+    for b in (sh.batch, 64):
+        c, bb = torch.empty(b, t, h, n, dtype=dt), torch.empty(b, t, h, n, dtype=dt)
+        la, th = torch.empty(b, t, h, dtype=dt), torch.empty(b, t, h, n // 2, dtype=dt)
+        with pretend_cuda([scan], sh.sms):
+            _, _, _, _, phi_last = scan._scan_fwd(c, bb, la, th, None, None)
+            scan._scan_bwd(c, bb, th, phi_last, torch.empty_like(c), torch.empty_like(bb),
+                           torch.empty(b, t, h), None, None)
 
 
 def _decode(d, n, sh):
+    """One new query per head, then 8 (speculative decoding) with 4 and 8 query heads
+    per kv head: 16, 32 and 64 rows per tile."""
     from sisa_kernels import decode
-    dt, b, t, h, hk = getattr(torch, sh.dtype), sh.batch, sh.seqlen, sh.heads, sh.kv_heads
+    dt, b, t, h = getattr(torch, sh.dtype), sh.batch, sh.seqlen, sh.heads
     e = torch.empty
     with pretend_cuda([decode], sh.sms):
-        decode.sisa_decode(e(b, 1, h, d, dtype=dt), e(b, t, hk, d, dtype=dt), e(b, t, hk, d, dtype=dt),
-                           e(b, 1, h, n, dtype=dt), e(b, t, h, n, dtype=dt), e(b, t, h), torch.ones(h))
+        for s, hk in ((1, sh.kv_heads), (8, max(1, h // 4)), (8, max(1, h // 8))):
+            decode.sisa_decode(e(b, s, h, d, dtype=dt), e(b, t, hk, d, dtype=dt), e(b, t, hk, d, dtype=dt),
+                               e(b, s, h, n, dtype=dt), e(b, t, h, n, dtype=dt), e(b, t, h), torch.ones(h))
 
 
 def _augment(d, n, sh):

@@ -124,8 +124,10 @@ def _augment_bwd_kernel(
 # ----------------------------------------------------------------------------
 
 def _blocks(d: int, n: int) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_D, BLOCK_N): 16 rows past a 128-wide row (the backward's 32-row
+    tiles spill on sm_90 from d=128, n=64; ``python -m benchmarks.static``)."""
     block_d, block_n = triton.next_power_of_2(d), triton.next_power_of_2(n)
-    block_t = 32 if _INTERPRET or block_d + block_n > 128 else 64
+    block_t = 32 if _INTERPRET else 64 if block_d + block_n <= 128 else 16
     return block_t, block_d, block_n
 
 

@@ -256,15 +256,17 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 def _block_sizes(n_pairs: int, n_bh: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_P, num_warps). Interpreter: small fixed chunks. CUDA: narrow
     the pair block until there are ~4 programs per SM (the loop over t is serial),
-    then size BLOCK_T for a ~2K-element tile."""
+    then size BLOCK_T for a 1K-element tile (at most 128 rows), 4 warps from 512
+    elements (the backward spills on sm_90 with more per warp, ``python -m
+    benchmarks.static``)."""
     block_p = min(triton.next_power_of_2(n_pairs), 32)
     if _INTERPRET or device.type != "cuda":
         return 64, block_p, 4
     target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     while block_p > 2 and n_bh * triton.cdiv(n_pairs, block_p) < target:
         block_p //= 2
-    block_t = max(16, min(256, 2048 // block_p))
-    return block_t, block_p, 4 if block_t * block_p >= 2048 else 2
+    block_t = max(16, min(128, 1024 // block_p))
+    return block_t, block_p, 4 if block_t * block_p >= 512 else 2
 
 
 def _store_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -129,3 +129,81 @@ def test_agrees_with_full_attention_rows():
     rows = naive_attention(*[x.double() for x in full])[:, T - s:]
     out = sisa_decode(q[:, T - s:], k, v, C_rot[:, T - s:], B_rot, g, lam)
     assert err(out, rows) < 1e-5
+
+
+@pytest.mark.parametrize("h,hk,s", [(8, 1, 1), (8, 2, 3), (8, 1, 9), (6, 3, 16)],
+                         ids=["rep8-s1", "rep4-s3", "rep8-s9-two-row-blocks", "rep2-s16"])
+def test_grouped_heads_share_one_tile(h, hk, s):
+    """A kv head's query heads x new queries form the M rows of one tile (several
+    row blocks past 64 rows): each row keeps its own head's SSM term and decay."""
+    inputs = make_inputs(1, 45, s, h, hk, 16, 16, torch.float32, STRONG, seed=8)
+    inputs[5] = inputs[5] * torch.linspace(0.2, 3.0, h)          # heads decay differently
+    check_parity(inputs, num_splits=2, block_n=16)
+
+
+def test_huge_scale_is_not_mistaken_for_an_empty_split():
+    """Logits near -1e30 and below: the running max starts at -inf, so a split whose
+    logits are all far below -1e30 still counts (a -1e30 start would zero it)."""
+    inputs = make_inputs(1, 20, 2, 2, 1, 16, 16, torch.float32, WEAK, seed=9)
+    inputs[0], inputs[1] = inputs[0].abs(), -inputs[1].abs() - 0.1      # every q.k < 0
+    out, ref = check_parity(inputs, scale=1e30, num_splits=3, block_n=16)
+    assert ref.abs().max() > 0.1
+
+
+def _ragged(lengths, s, capacity, dtype=torch.float32, seed=10):
+    """Capacity-T buffers whose rows past each live length hold NaN, and the live inputs
+    of each batch row: (inputs over the buffers, [per-row inputs truncated to L_b])."""
+    b = len(lengths)
+    full = make_inputs(b, capacity, capacity, 4, 2, 16, 16, dtype, STRONG, seed=seed)
+    rows = []
+    for i, L in enumerate(lengths):
+        q, k, v, C_rot, B_rot, g, lam = (x[i:i + 1] if x.dim() > 1 else x for x in full)
+        rows.append([q[:, L - s:L], k[:, :L], v[:, :L], C_rot[:, L - s:L], B_rot[:, :L], g[:, :L], lam])
+    q, k, v, C_rot, B_rot, g, lam = full
+    bufs = [x.clone() for x in (k, v, B_rot, g)]
+    for i, L in enumerate(lengths):
+        for x in bufs:
+            x[i, L:] = float("nan")
+    qs = torch.cat([r[0] for r in rows]), torch.cat([r[3] for r in rows])
+    return [qs[0], bufs[0], bufs[1], qs[1], bufs[2], bufs[3], lam], rows
+
+
+def test_live_lengths_per_batch_row():
+    """lengths (b,) on the device: each batch row attends over its own live prefix of
+    capacity-T buffers (NaN beyond it never leaks in) and equals that row alone."""
+    lengths = [5, 40, 17]
+    inputs, rows = _ragged(lengths, 2, 48)
+    out = sisa_decode(*inputs, lengths=torch.tensor(lengths, dtype=torch.int32), num_splits=3, block_n=16)
+    for i, row in enumerate(rows):
+        ref = naive_attention(*[x.double() for x in row])
+        assert err(out[i:i + 1], ref) <= 1e-5 * (1 + ref.abs().max().item()), i
+
+
+def test_lengths_are_read_at_run_time():
+    """The property a captured CUDA graph needs: the same launch arguments with the
+    lengths tensor changed in place give the new lengths' answers."""
+    inputs, _ = _ragged([48, 48], 1, 48)
+    lengths = torch.tensor([7, 30], dtype=torch.int32)
+    outs = []
+    for new in ([7, 30], [8, 31]):
+        lengths.copy_(torch.tensor(new, dtype=torch.int32))
+        q = inputs[0]
+        outs.append(sisa_decode(*inputs, lengths=lengths, num_splits=2, block_n=16).clone())
+        for i, L in enumerate(new):
+            row = [x[i:i + 1] if x.dim() > 1 else x for x in inputs]
+            row = [q[i:i + 1], row[1][:, :L], row[2][:, :L], row[3], row[4][:, :L], row[5][:, :L], row[6]]
+            ref = naive_attention(*[x.double() for x in row])
+            assert err(outs[-1][i:i + 1], ref) <= 1e-5 * (1 + ref.abs().max().item()), (new, i)
+    assert not torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("bad", [[0, 48], [2, 49]], ids=["shorter-than-s", "past-capacity"])
+def test_lengths_out_of_range_are_refused(bad):
+    inputs, _ = _ragged([48, 48], 2, 48)
+    with pytest.raises(ValueError, match="lengths"):
+        sisa_decode(*inputs, lengths=torch.tensor(bad, dtype=torch.int32))
+
+
+def test_merge_walks_more_splits_than_one_block():
+    """Head dim 256 merges 8 splits' outputs at a time: 12 splits take two blocks."""
+    check_parity(make_inputs(1, 200, 2, 2, 1, 256, 16, torch.float32, STRONG, seed=11), num_splits=12, block_n=16)

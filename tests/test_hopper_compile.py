@@ -44,18 +44,19 @@ from sisa_kernels import augment, decode, scan
 
 F32 = {"LA", "G", "G0", "PHI0", "G_LAST", "PHI_LAST", "DG", "DLA", "DG_LAST", "DPHI_LAST", "DG0", "DPHI0",
        "LAM", "S", "OFF", "DS", "PART_O", "PART_L"}
-I32 = {"CU", "SEQ"}
+I32 = {"CU", "SEQ", "LENS"}
 PTRS = {
     scan._scan_fwd_kernel: "C B LA TH CR BR G G0 PHI0 G_LAST PHI_LAST CU SEQ",
     scan._scan_bwd_kernel: "C B TH PHI_LAST DCR DBR DG DC DB DLA DTH DG_LAST DPHI_LAST DG0 DPHI0 CU SEQ",
     augment._augment_fwd_kernel: "Q K CR BR G S OFF QH KH",
     augment._augment_bwd_kernel: "DQH DKH CR BR G S OFF DQ DK DCR DBR DG DS",
-    decode._decode_split_kernel: "Q K V CR BR G LAM PART_O PART_L",
+    decode._decode_split_kernel: "Q K V CR BR G LAM LENS PART_O PART_L",
     decode._decode_merge_kernel: "PART_O PART_L OUT",
 }
 CONSTS = dict(ACC=tl.float32, BLOCK_T=64, BLOCK_P=16, IS_VARLEN=True, HAS_DCR=True, HAS_DBR=True, HAS_DG=True,
               HAS_DQH=True,
-              HAS_DKH=True, BLOCK_D=64, BLOCK_N=16, D_PAD=128, N_PAD=16, SPLITS_PAD=16)
+              HAS_DKH=True, BLOCK_D=64, BLOCK_N=16, D_PAD=128, N_PAD=16, SPLITS_PAD=16, BLOCK_S=16, REP=4,
+              BLOCK_M=32, UPCAST=False)
 for fn, ptrs in PTRS.items():
     ptrs = set(ptrs.split())
     consts, sig = {}, {}
