@@ -33,12 +33,19 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .configs import interpreting
+from .configs import interpreting, min_state_tile
 
 
 def padded(x: int) -> int:
     """Tile width for a head dim or d_state: next power of two, at least 16."""
     return max(16, triton.next_power_of_2(x))
+
+
+def state_padded(n: int, d_pad: int) -> int:
+    """Tile width for d_state in the attention kernels: ``padded(n)``, but at least
+    ``configs.min_state_tile`` (32 beside head dim 256: 16-wide state tiles there make
+    ptxas for sm_90 spill kilobytes in both backward kernels)."""
+    return max(padded(n), min_state_tile(d_pad))
 
 
 def upcast_dot(*dtypes: torch.dtype) -> bool:
@@ -129,17 +136,16 @@ def sequence_starts(SEQ_START, rows, row_ok, m0, BLOCK: tl.constexpr, IS_VARLEN:
 
 
 @triton.jit
-def key_tile(q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
-             sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-             BLOCK_N: tl.constexpr, DIAG: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr):
+def key_tile(g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
+             sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T,
+             BLOCK_N: tl.constexpr, DIAG: tl.constexpr, IS_VARLEN: tl.constexpr):
     """Key tile [n0, n0 + BLOCK_N) against a query block (rows offs_m), as the forward
-    and the dq backward both use it. Returns (k, v, br, dec, keep, x, s): the k, v
-    and raw Br tiles; the decay factor of cr's products and the mask; the SSM
-    product x = dec * (cr br^T); the base-2 logits s, unmasked.
+    and the dq backward both use it. Returns (k, v, br, dec, keep): the k, v and raw
+    Br tiles; the decay factor of the query block's (cr br^T) products and the mask.
 
-    DIAG False: keys j < m0; cr holds Cr_i exp(g_i - g_m0) and dec is the column
-    factor exp(g_m0 - g_j) (both <= 1), applied to the product, never written back
-    to an operand; keep is True (IS_VARLEN: keys of the row's own sequence, j >=
+    DIAG False: keys j < m0; the caller's cr holds Cr_i exp(g_i - g_m0) and dec is the
+    column factor exp(g_m0 - g_j) (both <= 1), applied to the product, never written
+    back to an operand; keep is True (IS_VARLEN: keys of the row's own sequence, j >=
     start_i; the factors stay <= 1 on the others).
     DIAG True: cr holds the raw Cr rows; dec = exp(min(g_i - g_j, 0)) with the
     exponent set to 0 where the mask removes the entry (no inf * 0).
@@ -162,9 +168,16 @@ def key_tile(q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_ba
         else:
             keep = True
         dec = tl.exp(neg_part(g_m0 - g_j))[None, :]
-    x = tile_dot(cr, tl.trans(br), UPCAST) * dec
-    s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + x * s_scale
-    return k, v, br, dec, keep, x, s
+    return k, v, br, dec, keep
+
+
+@triton.jit
+def logits(a_qk, b_qk, a_ssm, b_ssm, dec, c_scale, s_scale, UPCAST: tl.constexpr):
+    """(x, s) of one tile in the a-rows x b-rows orientation: the SSM product
+    x = dec * (a_ssm b_ssm^T) and the base-2 logits s = c_scale a_qk b_qk^T + s_scale x
+    (unmasked). Queries x keys in the forward and dq, keys x queries in dk/dv."""
+    x = tile_dot(a_ssm, tl.trans(b_ssm), UPCAST) * dec
+    return x, tile_dot(a_qk, tl.trans(b_qk), UPCAST) * c_scale + x * s_scale
 
 
 @triton.jit
@@ -175,10 +188,10 @@ def _fwd_blocks(acc, m_i, l_i, q, cr, g_i, g_m0, offs_m, start_i, n_lo, n_hi,
     """Online softmax over the key blocks in [n_lo, n_hi), in base 2 (key_tile says
     what cr holds for DIAG False / True)."""
     for n0 in range(n_lo, n_hi, BLOCK_N):
-        k, v, br, dec, keep, x, s = key_tile(
-            q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
-            sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-            BLOCK_N, DIAG, IS_VARLEN, UPCAST)
+        k, v, br, dec, keep = key_tile(
+            g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
+            sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, BLOCK_N, DIAG, IS_VARLEN)
+        x, s = logits(q, k, cr, br, dec, c_scale, s_scale, UPCAST)
         if DIAG or IS_VARLEN:
             s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -300,7 +313,7 @@ def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None, bou
     args = (q, k, v, C_rot, B_rot, g, lam, out, lse, bounds,
             *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
             *out.stride(), h, t, s, h // hk, float(softmax_scale), configs.length_bucket(t))
-    consts = dict(D=d, N=n, D_PAD=padded(d), N_PAD=padded(n), IS_VARLEN=bounds is not None,
+    consts = dict(D=d, N=n, D_PAD=padded(d), N_PAD=state_padded(n, padded(d)), IS_VARLEN=bounds is not None,
                   UPCAST=upcast_dot(q.dtype, C_rot.dtype))
     configs.launch(_sisa_fwd_kernel, _sisa_fwd_tuned, "fwd", grid, args, consts, config, t)
     return out, lse

@@ -15,7 +15,8 @@ Kernels:
   dtype), and per query head dBr and the column sums of G.
 - ``_sisa_bwd_dq_kernel``: one program per (query block, head, batch), looping
   over the key blocks at and left of it: dq, dCr and the row sums of G.
-Both kernels recompute P from the forward's lse. Off-diagonal tiles use the
+Both kernels recompute P from the forward's lse, in one shared tile step
+(``_grad_step``, oriented by a constexpr). Off-diagonal tiles use the
 factorised decay with an anchor between the key block and the query block
 (both factors <= 1); diagonal tiles use exp(min(g_i - g_j, 0)) per element.
 """
@@ -26,8 +27,8 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .attention import (block_offsets, interpreting, key_tile, load_g, load_rows, logit_scales, neg_part, padded,
-                        query_rows, sequence_starts, tile_dot, upcast_dot)
+from .attention import (block_offsets, interpreting, key_tile, load_g, load_rows, logit_scales, logits, neg_part,
+                        padded, query_rows, sequence_starts, state_padded, tile_dot, upcast_dot)
 
 
 @triton.jit
@@ -47,6 +48,40 @@ def _sisa_bwd_delta_kernel(O, DO, DELTA, so_b, so_t, so_h, so_d, sdo_b, sdo_t, s
 
 
 @triton.jit
+def _grad_step(a_qk, a_ssm, a_pv, b_qk, b_ssm, b_pv, dec, keep, lse, delta, c_scale, s_scale,
+               acc_qk, acc_ssm, acc_pv, sum_g,
+               KEYS_OUT: tl.constexpr, MASK: tl.constexpr, UPCAST: tl.constexpr):
+    """One tile of the backward, shared by both kernels, in the orientation of the
+    block they write (its rows "a", the loop's block "b"):
+
+    - query rows (KEYS_OUT False, dq): a = (q, Cr, dO), b = (k, Br, v); lse and delta
+      per row. acc_qk += dS k (dq / scale), acc_ssm += (dS dec) Br (dCr / lam).
+    - key rows (KEYS_OUT True, dk/dv): a = (k, Br, v), b = (q, Cr, dO); lse and delta
+      per column. acc_qk += dS^T q (dk / scale), acc_ssm += (dS dec)^T Cr (dBr / lam),
+      acc_pv += P^T dO (dv).
+
+    P = exp2(s - lse) (0 where not keep, if MASK), dP = dO V^T in either orientation
+    (a_pv b_pv^T), dS = P (dP - delta); sum_g += the a-row sums of dS * x.
+    """
+    x, s = logits(a_qk, b_qk, a_ssm, b_ssm, dec, c_scale, s_scale, UPCAST)
+    if KEYS_OUT:
+        p = tl.exp2(s - lse[None, :])
+    else:
+        p = tl.exp2(s - lse[:, None])
+    if MASK:
+        p = tl.where(keep, p, 0.0)
+    if KEYS_OUT:
+        acc_pv += tile_dot(p.to(b_pv.dtype), b_pv, UPCAST)
+        ds = p * (tile_dot(a_pv, tl.trans(b_pv), UPCAST) - delta[None, :])
+    else:
+        ds = p * (tile_dot(a_pv, tl.trans(b_pv), UPCAST) - delta[:, None])
+    acc_qk += tile_dot(ds.to(b_qk.dtype), b_qk, UPCAST)
+    acc_ssm += tile_dot((ds * dec).to(b_ssm.dtype), b_ssm, UPCAST)
+    sum_g += tl.sum(ds * x, 1)
+    return acc_qk, acc_ssm, acc_pv, sum_g
+
+
+@triton.jit
 def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo, m_hi, q_off,
                 q_base, do_base, c_base, g_base, LSE, DELTA, SEQ_START, row_base,
                 sq_t, sq_d, sdo_t, sdo_d, sc_t, sc_n, sg_t,
@@ -60,7 +95,7 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
     DIAG False: queries after a >= every key; br holds Br_j
     exp(g_a - g_j); the row factor exp(g_i - g_a) scales the products (dec), never an
     operand. DIAG True: br holds the raw Br rows; per-element decay under the causal
-    mask. Either way x = dec * (br cr^T) and acc_db gets (dS * dec)^T Cr.
+    mask. Either way x = dec * (br cr^T) and acc_db gets (dS * dec)^T Cr (_grad_step).
     IS_VARLEN: a query sees only keys of its own sequence.
     """
     for m0 in range(m_lo, m_hi, BLOCK_IN):
@@ -81,15 +116,8 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
             dec = tl.exp(tl.where(keep, neg_part(g_i[None, :] - g_j[:, None]), 0.0))
         else:
             dec = tl.exp(neg_part(g_i - g_a))[None, :]
-        x_t = tile_dot(br, tl.trans(cr), UPCAST) * dec                 # X^T (keys x queries)
-        s_t = tile_dot(k, tl.trans(q), UPCAST) * c_scale + x_t * s_scale
-        p_t = tl.where(keep, tl.exp2(s_t - lse[None, :]), 0.0)
-        acc_dv += tile_dot(p_t.to(do.dtype), do, UPCAST)
-        dp_t = tile_dot(v, tl.trans(do), UPCAST)
-        ds_t = p_t * (dp_t - delta[None, :])
-        acc_dk += tile_dot(ds_t.to(q.dtype), q, UPCAST)
-        acc_db += tile_dot((ds_t * dec).to(cr.dtype), cr, UPCAST)
-        col_g += tl.sum(ds_t * x_t, 1)
+        acc_dk, acc_db, acc_dv, col_g = _grad_step(k, br, v, q, cr, do, dec, keep, lse, delta, c_scale, s_scale,
+                                                   acc_dk, acc_db, acc_dv, col_g, True, True, UPCAST)
     return acc_dk, acc_dv, acc_db, col_g
 
 
@@ -180,22 +208,16 @@ def _dq_blocks(acc_dq, acc_dc, row_g, q, do, cr, g_i, g_m0, lse, delta, offs_m, 
                k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
                BLOCK_IN: tl.constexpr, DIAG: tl.constexpr, IS_VARLEN: tl.constexpr, UPCAST: tl.constexpr):
-    """Accumulate over the key blocks in [n_lo, n_hi) for a fixed query block (the
-    forward's key_tile recomputes the logits). acc_dc gets (dS * dec) Br: with the
-    column factor exp(g_m0 - g_j) below the diagonal (DIAG False), D on it (True)."""
+    """Accumulate over the key blocks in [n_lo, n_hi) for a fixed query block: the
+    forward's key_tile loads each, _grad_step recomputes its logits. acc_dc gets
+    (dS * dec) Br: with the column factor exp(g_m0 - g_j) below the diagonal (DIAG
+    False), D on it (True)."""
     for n0 in range(n_lo, n_hi, BLOCK_IN):
-        k, v, br, dec, keep, x, s = key_tile(
-            q, cr, g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
-            sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,
-            BLOCK_IN, DIAG, IS_VARLEN, UPCAST)
-        p = tl.exp2(s - lse[:, None])
-        if DIAG or IS_VARLEN:
-            p = tl.where(keep, p, 0.0)
-        dp = tile_dot(do, tl.trans(v), UPCAST)
-        ds = p * (dp - delta[:, None])
-        acc_dq += tile_dot(ds.to(k.dtype), k, UPCAST)
-        acc_dc += tile_dot((ds * dec).to(br.dtype), br, UPCAST)
-        row_g += tl.sum(ds * x, 1)
+        k, v, br, dec, keep = key_tile(
+            g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
+            sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t, offs_d, d_ok, offs_s, s_ok, T, BLOCK_IN, DIAG, IS_VARLEN)
+        acc_dq, acc_dc, _, row_g = _grad_step(q, cr, do, k, br, v, dec, keep, lse, delta, c_scale, s_scale,
+                                              acc_dq, acc_dc, 0.0, row_g, False, DIAG or IS_VARLEN, UPCAST)
     return acc_dq, acc_dc, row_g
 
 
@@ -306,7 +328,8 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
                 z((h,), dtype=torch.float32, device=dev))
     if config is not None:
         assert config["BLOCK_OUT"] % config["BLOCK_IN"] == 0
-    d_pad, n_pad = padded(d), padded(n)
+    d_pad = padded(d)
+    n_pad = state_padded(n, d_pad)
     upcast = upcast_dot(q.dtype, C_rot.dtype)
     blk = 16 if interpreting() else 64
     _sisa_bwd_delta_kernel[(triton.cdiv(s, blk), h, b)](

@@ -13,9 +13,10 @@ overlaps the other's tensor-core work), then the largest tile, then the deeper
 pipeline. ``python -m benchmarks.static`` measures every entry (registers, spills,
 shared memory, blocks per SM) without a GPU and its test asserts the budgets.
 
-Where no listed config is spill-free (head dim 256 with the backward kernels, and the
-forward with d_state >= 64), FALLBACK names the least-spilling one; the static report
-lists these as known violations.
+Every class has a spill-free config. Head dim 256 needs two concessions: 16-row
+backward tiles (mma.sync; every wider one spills), and d_state tiles at least 32 wide
+(``min_state_tile``: 16-wide ones make ptxas fall back to 32 registers and spill
+kilobytes), so it has no 16-wide state class.
 
 ``SISA_AUTOTUNE=1`` opts into Triton's autotuner over a width class's safe list,
 keyed on the power-of-two bucket of the sequence length (not the exact length), with
@@ -41,7 +42,6 @@ SAFE = {
     ("fwd", 128, 64): [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 2),
                        (64, 64, 8, 2)],
     ("fwd", 128, 128): [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2)],
-    ("fwd", 256, 16): [(64, 64, 8, 2)],
     ("dq", 64, 16): [(64, 32, 4, 2), (64, 16, 8, 2), (64, 16, 4, 2), (128, 32, 8, 2), (64, 32, 8, 2),
                      (32, 32, 4, 2), (32, 16, 4, 2)],
     ("dq", 64, 64): [(64, 32, 4, 2), (64, 16, 4, 2), (128, 32, 8, 2), (64, 32, 8, 2), (64, 16, 8, 2),
@@ -59,29 +59,34 @@ SAFE = {
     ("dkv", 128, 16): [(64, 32, 8, 2), (64, 16, 8, 2)],
     ("dkv", 128, 64): [(64, 16, 8, 2), (32, 16, 4, 2)],
     ("dkv", 128, 128): [(32, 16, 4, 2)],
-}
-# Width classes with no spill-free config measured: the least-spilling one.
-FALLBACK = {
-    ("fwd", 256, 64): (64, 64, 8, 2), ("fwd", 256, 128): (64, 64, 8, 2),
-    ("dq", 256, 16): (32, 16, 4, 2), ("dq", 256, 64): (32, 32, 4, 2), ("dq", 256, 128): (32, 16, 4, 2),
-    ("dkv", 256, 16): (64, 16, 8, 2), ("dkv", 256, 64): (32, 16, 4, 2), ("dkv", 256, 128): (32, 16, 4, 2),
+    ("fwd", 256, 64): [(64, 64, 8, 2), (64, 16, 8, 2)],
+    ("fwd", 256, 128): [(64, 16, 8, 2), (32, 16, 4, 2)],
+    # Head dim 256: 16-row tiles (mma.sync) are the only spill-free backward configs.
+    ("dq", 256, 64): [(16, 16, 4, 2)],
+    ("dq", 256, 128): [(16, 16, 4, 2)],
+    ("dkv", 256, 64): [(16, 16, 4, 2)],
+    ("dkv", 256, 128): [(16, 16, 4, 2)],
 }
 D_CLASSES, N_CLASSES = (64, 128, 256), (16, 64, 128)
 BLOCK_NAMES = {"fwd": ("BLOCK_M", "BLOCK_N"), "dq": ("BLOCK_OUT", "BLOCK_IN"), "dkv": ("BLOCK_OUT", "BLOCK_IN")}
+
+
+def min_state_tile(d_pad: int) -> int:
+    """The narrowest d_state tile the attention kernels use beside this head dim."""
+    return 32 if d_pad >= 256 else 16
 
 
 def width_class(d_pad: int, n_pad: int) -> tuple[int, int]:
     """The measured class covering these padded widths: the next one up (a config safe
     for wider tiles holds fewer values with narrower ones), or the widest."""
     d = next((c for c in D_CLASSES if c >= d_pad), D_CLASSES[-1])
-    n = next((c for c in N_CLASSES if c >= n_pad), N_CLASSES[-1])
+    n = next((c for c in N_CLASSES if c >= max(n_pad, min_state_tile(d))), N_CLASSES[-1])
     return d, n
 
 
 def candidates(kind: str, d_pad: int, n_pad: int) -> list[tuple[int, int, int, int]]:
     """The configs the launcher may run for ``kind`` ("fwd", "dq", "dkv"), best first."""
-    key = (kind, *width_class(d_pad, n_pad))
-    return SAFE.get(key) or [FALLBACK[key]]
+    return SAFE[(kind, *width_class(d_pad, n_pad))]
 
 
 def pick(kind: str, d_pad: int, n_pad: int) -> dict:
@@ -120,8 +125,7 @@ def autotuned(kernel, kind: str):
     length bucket (the kernel's T_BUCKET argument), results cached on disk where
     this Triton can."""
     rows, cols = BLOCK_NAMES[kind]
-    space = sorted({c for (k, *_), cs in SAFE.items() if k == kind for c in cs}
-                   | {c for (k, *_), c in FALLBACK.items() if k == kind})
+    space = sorted({c for (k, *_), cs in SAFE.items() if k == kind for c in cs})
     configs = [triton.Config({rows: r, cols: c}, num_warps=w, num_stages=st) for r, c, w, st in space]
     extra = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
     return triton.autotune(configs=configs, key=["T_BUCKET", "D", "N", "REP", "IS_VARLEN"],

@@ -79,6 +79,8 @@ CASES = [
     (1, 45, 4, 2, 64, 64, torch.float16, WEAK),
     (2, 33, 2, 1, 16, 16, torch.bfloat16, STRONG),
     (1, 24, 4, 4, 96, 2, torch.bfloat16, WEAK),
+    (1, 20, 2, 1, 256, 16, torch.float32, STRONG),       # head dim 256: 32-wide state tiles
+    (1, 18, 2, 2, 256, 128, torch.bfloat16, WEAK),
 ]
 
 
@@ -137,7 +139,7 @@ def test_lse_and_tile_reference():
     assert err(lse, tile_lse) < 1e-5
 
 
-@pytest.mark.parametrize("fwd_blocks,bwd_blocks", [((32, 16), (32, 16)), ((64, 32), (64, 16))])
+@pytest.mark.parametrize("fwd_blocks,bwd_blocks", [((32, 16), (32, 16)), ((64, 32), (64, 16)), ((64, 16), (16, 16))])
 def test_other_block_shapes(fwd_blocks, bwd_blocks):
     """GPU configs use BLOCK_M != BLOCK_N: several inner blocks per diagonal block."""
     from sisa_kernels.attention import sisa_attn_fwd
