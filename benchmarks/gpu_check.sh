@@ -9,18 +9,26 @@
 #   1. env   : nvidia-smi, versions, sisa.available_backends("cuda")   -> $OUT/env.log
 #   2. tests : GPU parity tests, python -m pytest tests -q              -> $OUT/tests.log
 #              (the tests pick CUDA by themselves, bf16 included)
-#   3. decode: decode-step latency over cache lengths 1..32K            -> $OUT/decode/, $OUT/decode.log
-#   4. ratio : triton vs flash attention in alternating pairs (bf16,    -> $OUT/ratio/, $OUT/ratio.log
+#   3. static: static-vs-measured: every kernel config compiled by the   -> $OUT/static/, $OUT/static.log
+#              real driver, its registers/spills after loading beside ptxas's,
+#              python -m benchmarks.static --device --quick (compare with the
+#              committed benchmarks/results/static/sm90_bf16.json)
+#   4. decode: decode-step latency over cache lengths 1..32K            -> $OUT/decode/, $OUT/decode.log
+#   5. varlen: packed cu_seqlens call vs a per-sequence loop (bf16,     -> $OUT/varlen/, $OUT/varlen.log
+#              32K tokens of 1..1024-token sequences), python -m benchmarks.varlen
+#   6. gqa   : sdpa vs triton at 32 query / 8 kv heads (t=4096, d=128,  -> $OUT/gqa/, $OUT/gqa.log
+#              n=16, bf16, fwd and fwd+bwd), python -m benchmarks.run --kv-heads 8
+#   7. ratio : triton vs flash attention in alternating pairs (bf16,    -> $OUT/ratio/, $OUT/ratio.log
 #              t=8192, 16 heads, d=128, n=16), python -m benchmarks.ratio
-#   5. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
+#   8. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
 #              with --budget-s so it stops timing in time to write its report;
 #              results.json is rewritten after every row, so even a kill keeps data.
-# All five fit in TOTAL_S seconds (default 480 = 8 minutes).
+# All eight fit in TOTAL_S seconds (default 560, under the device tool's 600 s per call).
 set -u
 
 OUT=${OUT:-benchmarks/results/scratch/gpu-check}
-TOTAL_S=${TOTAL_S:-480}
-TESTS_S=${TESTS_S:-210}
+TOTAL_S=${TOTAL_S:-560}
+TESTS_S=${TESTS_S:-180}
 BENCH_ARGS=${BENCH_ARGS:-}           # e.g. "--d-state 16 --dtype bf16" to narrow the sweep
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -64,9 +72,16 @@ EOF'
 
 stage tests "$TESTS_S" 40 python -m pytest tests -q -p no:cacheprovider
 
-stage decode 60 12 python -m benchmarks.decode --out "$OUT/decode"
+stage static 75 25 python -m benchmarks.static --device --quick --jobs 8 --out "$OUT/static"
 
-stage ratio 60 20 python -m benchmarks.ratio --provider triton --dtype bf16 --seqlen 8192 --batch 2 \
+stage decode 45 12 python -m benchmarks.decode --out "$OUT/decode"
+
+stage varlen 45 12 python -m benchmarks.varlen --out "$OUT/varlen"
+
+stage gqa 45 16 python -m benchmarks.run --seqlens 4096 --d-head 128 --d-state 16 --dtype bf16 --heads 32 \
+    --kv-heads 8 --providers plain,sdpa,triton --budget-s 30 --no-plot --out "$OUT/gqa"
+
+stage ratio 45 20 python -m benchmarks.ratio --provider triton --dtype bf16 --seqlen 8192 --batch 2 \
     --heads 16 --d-head 128 --d-state 16 --rounds 2 --pairs 20 --out "$OUT/ratio"
 
 LEFT=$((TOTAL_S - (SECONDS - START) - 10))

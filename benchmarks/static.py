@@ -48,6 +48,11 @@ TRITON_CACHE_DIR is set, so nothing is cached in the repository. TRITON_INTERPRE
 removed from the environment before Triton is imported (the compile needs the compiler).
 Outputs: the table on stdout, ``sm90_bf16[_quick].json`` and ``.md`` in ``--out``
 (default benchmarks/results/static).
+
+``--device`` (on a Hopper GPU; ``benchmarks/gpu_check.sh`` runs it): the same compiles
+through the real driver, each row also holding the registers and local (spill) bytes
+the driver reports once the cubin is loaded, and a printed list of the rows where they
+disagree with ptxas's figures: the check that the static numbers are the measured ones.
 """
 from __future__ import annotations
 
@@ -449,6 +454,7 @@ def plan(dims, states, sh, families=None):
 # ----------------------------------------------------------------------------
 
 _WORKER_SHAPE = None
+_ON_DEVICE = False
 
 
 def _interpreting():
@@ -456,15 +462,18 @@ def _interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") == "1" or not isinstance(_fa2_causal_fwd, JITFunction)
 
 
-def _worker_init(sh):
-    global _WORKER_SHAPE
+def _worker_init(sh, on_device=False):
+    """on_device: compile for this machine's GPU with the real driver (``--device``);
+    else make the Hopper stand-in driver active."""
+    global _WORKER_SHAPE, _ON_DEVICE
     import warnings
     warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
     from triton import knobs
     from triton.runtime import driver
-    driver.set_active(HopperStandIn())
+    if not on_device:
+        driver.set_active(HopperStandIn())
     knobs.nvidia.dump_ptxas_log = True            # Triton prints its own ptxas -v log: captured
-    _WORKER_SHAPE = sh
+    _WORKER_SHAPE, _ON_DEVICE = sh, on_device
 
 
 def _tool(name):
@@ -555,6 +564,9 @@ def compile_task(task: Task):
         with contextlib.redirect_stdout(buf):
             compiled = launch.kernel.warmup(*launch.args, grid=(1,), **task.kwargs)
         row.update(analyze(compiled, buf.getvalue()))
+        if _ON_DEVICE:                   # what the driver reports once the cubin is loaded
+            compiled._init_handles()
+            row.update(driver_regs=compiled.n_regs, driver_spills=compiled.n_spills)
         row["error"] = None
     except Exception as e:  # noqa: BLE001  (a failed compile is a row of the report)
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
@@ -683,6 +695,9 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=Shape.heads)
     p.add_argument("--kv-heads", type=int, default=None, help="default: --heads (no GQA)")
     p.add_argument("--sms", type=int, default=H100_SMS, help="SM count the launch heuristics see")
+    p.add_argument("--device", action="store_true",
+                   help="on a Hopper GPU: compile with the real driver and also record the registers and "
+                        "spills it reports after loading each kernel (the static-vs-measured check)")
     args = p.parse_args(argv)
     args.dims = args.dims or (QUICK_DIMS if args.quick else DIMS)
     args.states = args.states or (QUICK_STATES if args.quick else STATES)
@@ -730,7 +745,7 @@ def main(argv=None):
         rows = []
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx, initializer=_worker_init,
-                                 initargs=(sh,)) as pool:
+                                 initargs=(sh, args.device)) as pool:
             futures = [pool.submit(compile_task, t) for t in tasks]
             for i, fut in enumerate(as_completed(futures), 1):
                 r = fut.result()
@@ -764,8 +779,17 @@ def main(argv=None):
           + (":" if bad else "."))
     for r in bad:
         print("  " + violation_line(r, args.dims, args.states))
+    if args.device:
+        differ = [r for r in rows if not r["error"] and (r.get("driver_regs") != r["regs"]
+                                                         or bool(r.get("driver_spills")) != bool(r["spilled_bytes"]))]
+        meta["device"] = torch.cuda.get_device_name(0)
+        print(f"driver vs ptxas on {meta['device']}: {len(rows) - len(differ)} rows agree, {len(differ)} differ"
+              + (":" if differ else "."))
+        for r in differ:
+            print(f"  {r['kernel']} {config_str(r)}: ptxas {r['regs']} regs / {r['spilled_bytes']} B spilled, "
+                  f"driver {r.get('driver_regs')} regs / {r.get('driver_spills')} B local")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "sm90_bf16" + ("_quick" if args.quick else "")
+    stem = "sm90_bf16" + ("_quick" if args.quick else "") + ("_device" if args.device else "")
     (args.out / f"{stem}.json").write_text(       # one row per line: small diffs between runs
         '{"meta": ' + json.dumps(meta, default=str) + ',\n "rows": [\n'
         + ",\n".join(json.dumps(r, default=str) for r in rows) + "\n]}\n")

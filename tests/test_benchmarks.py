@@ -223,3 +223,23 @@ def test_paired_ratio_reports_an_unsupported_provider():
     argv = ["--device", "cpu", "--provider", "triton", "--seqlen", "32", "--heads", "2", "--d-head", "16",
             "--d-state", "4", "--pairs", "2", "--rounds", "1"]
     assert ratio.main(argv) == 1
+
+
+def test_varlen_benchmark_checks_then_times(tmp_path):
+    """The packed-vs-loop benchmark: rows checked against the per-sequence naive loop,
+    then timed; the check fails when the packing differs from the reference's."""
+    import torch
+
+    from benchmarks import varlen
+    assert varlen.draw_lengths(50, 7) and sum(varlen.draw_lengths(50, 7)) == 50
+    rc = varlen.main(["--device", "cpu", "--total", "48", "--max-len", "20", "--rep-ms", "1", "--heads", "2",
+                      "--kv-heads", "1", "--modes", "fwd", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "varlen.json").read_text())
+    assert rc == 0 and sum(data["lengths"]) == 48
+    (row,) = data["results"]
+    assert row["status"] == "ok" and row["packed_ms"] > 0 and row["loop_ms"] > 0
+    assert "| fwd |" in (tmp_path / "varlen.md").read_text()
+    xs = varlen.make_inputs(30, 2, 2, 16, 4, torch.float32, "cpu")
+    cu = [0, 10, 30]
+    assert varlen.check("sdpa", xs, cu, torch.tensor(cu, dtype=torch.int32))[0]
+    assert not varlen.check("sdpa", xs, [0, 20, 30], torch.tensor(cu, dtype=torch.int32))[0]
