@@ -33,6 +33,47 @@ class LayerCache:
         self.state = None            # (g_last, phi_last) of the scan, or None before the first step
         self._buf: dict[str, torch.Tensor] = {}
         self.wide = None             # the stock-SDPA decode's Khat / padded v (see _widened_attention)
+        self._valid = None           # (b, >= length) bool: which cached positions are real tokens (None: all)
+        self._real = None            # (b,) int64: real tokens cached per row (None: length in every row)
+
+    @property
+    def has_pads(self) -> bool:
+        """Whether any cached position is a pad (an attention_mask with zeros was recorded)."""
+        return self._valid is not None
+
+    def key_mask(self) -> torch.Tensor | None:
+        """(b, length) bool, False at pads; None when every cached position is a real token."""
+        return None if self._valid is None else self._valid[:, : self.length]
+
+    def real_lengths(self, batch: int, device) -> torch.Tensor:
+        """(b,) int64: how many real (non-pad) tokens each row holds (the next RoPE position)."""
+        if self._real is None:
+            return torch.full((batch,), self.length, dtype=torch.long, device=device)
+        return self._real
+
+    def record_mask(self, mask: torch.Tensor) -> None:
+        """After appending s rows: mask (b, s) bool marks which of them are real tokens."""
+        b, s = mask.shape
+        start = self.length - s
+        if self._valid is None or self._valid.shape[1] < self.length:
+            old = 0 if self._valid is None else self._valid.shape[1]
+            grown = mask.new_ones(b, max(self.length, 2 * old, self.capacity))   # earlier rows: all real
+            if self._valid is not None:
+                grown[:, :start] = self._valid[:, :start]
+            self._valid = grown
+        self._valid[:, start : self.length] = mask
+        before = self._real if self._real is not None else torch.full((b,), start, dtype=torch.long,
+                                                                     device=mask.device)
+        self._real = before + mask.sum(1)
+
+    def select_batch(self, index: torch.Tensor) -> None:
+        """Keep (and reorder) the batch rows ``index`` (b',) of every cached tensor (beam search)."""
+        self._buf = {name: buf.index_select(0, index) for name, buf in self._buf.items()}
+        if self.state is not None:
+            self.state = tuple(x.index_select(0, index) for x in self.state)
+        if self._valid is not None:
+            self._valid, self._real = self._valid.index_select(0, index), self._real.index_select(0, index)
+        self.wide = None             # rebuilt from the buffers at the next step
 
     def append(self, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
         """Append (b, s, ...) tensors; return views of everything cached so far (b, T, ...)."""

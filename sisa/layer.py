@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .cache import LayerCache, cached_attention
-from .naive import rotate_pairs, state_dtype
+from .naive import naive_attention, rotate_pairs, state_dtype
 from .ops import attention_from_scan, sisa_attention, ssm_importance_scan
 from .varlen import check_cu_seqlens, positions as packed_positions
 
@@ -69,15 +69,17 @@ def check_attention_config(d_model, n_heads, d_state, n_kv_heads, rope_base, bac
 def rope(x: torch.Tensor, base: float = 10000.0, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Interleaved rotary embedding: pair m of position p turns by p * base^(-2m/d).
 
-    x: (b, t, h, d); positions: (t,) (default 0..t-1) -> same shape and dtype as x
-    (angles in float32; float64 for float64 x).
+    x: (b, t, h, d); positions: (t,) or per row (b, t) (default 0..t-1) -> same shape
+    and dtype as x (angles in float32; float64 for float64 x).
     """
     t, d = x.shape[1], x.shape[-1]
     sd = state_dtype(x.dtype)
     if positions is None:
         positions = torch.arange(t, device=x.device)
     inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=sd) / d)
-    phi = (positions.to(sd)[:, None] * inv_freq)[None, :, None, :]   # (1, t, 1, d/2)
+    phi = (positions.to(sd)[..., None] * inv_freq)[..., None, :]     # (t, 1, d/2) or (b, t, 1, d/2)
+    if phi.dim() == 3:
+        phi = phi[None]
     return rotate_pairs(x, phi).to(x.dtype)
 
 
@@ -162,14 +164,15 @@ class SISAAttention(nn.Module):
 
     def qkv(self, x, positions=None):
         """Projections with RoPE on q and k: q (b, t, h, d), k and v (b, t, hk, d);
-        positions (t,) defaults to 0..t-1."""
+        positions (t,) or (b, t) defaults to 0..t-1."""
         d = self.head_dim
         q = rearrange(self.W_Q(x), "b t (h d) -> b t h d", d=d)
         k = rearrange(self.W_K(x), "b t (h d) -> b t h d", d=d)
         v = rearrange(self.W_V(x), "b t (h d) -> b t h d", d=d)
         return rope(q, self.rope_base, positions), rope(k, self.rope_base, positions), v
 
-    def forward(self, x, cache: LayerCache | None = None, cu_seqlens=None, cp_group=None, cp_layout="zigzag"):
+    def forward(self, x, cache: LayerCache | None = None, cu_seqlens=None, cp_group=None, cp_layout="zigzag",
+                attention_mask=None):
         """x (b, t, d_model) -> (b, t, d_model).
 
         cache: a LayerCache to decode with (x holds the next tokens; the cache grows).
@@ -179,12 +182,28 @@ class SISAAttention(nn.Module):
             rank's shard (b, t / W, d_model) of the sequence, as
             ``sisa.distributed.shard_sequence(..., layout=cp_layout)`` cuts it, and the
             result is this rank's shard of the layer's output on the whole sequence.
+        attention_mask: optional (b, t) bool, False at pad tokens (any pattern; left
+            padding is what ``generate`` makes). The rule (``_forward_padded``): every
+            real token's output equals that of its row with the pads deleted; a pad's
+            output row is 0. With a cache that holds pads, a call without a mask
+            counts every new token as real.
         """
         self._check_x(x)
         if cache is not None and not isinstance(cache, LayerCache):
             raise TypeError(f"cache must be a LayerCache or None, got {type(cache).__name__}")
         if cache is not None and cu_seqlens is not None:
             raise ValueError("cache and cu_seqlens cannot be combined")
+        if attention_mask is not None or (cache is not None and cache.has_pads):
+            if cu_seqlens is not None or cp_group is not None:
+                raise ValueError("attention_mask cannot be combined with cu_seqlens or cp_group")
+            if attention_mask is None:
+                attention_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            if (not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != torch.bool
+                    or tuple(attention_mask.shape) != tuple(x.shape[:2])):
+                raise ValueError(f"attention_mask must be a bool tensor of shape (b, t) = {tuple(x.shape[:2])}, "
+                                 f"got {getattr(attention_mask, 'dtype', type(attention_mask).__name__)} "
+                                 f"{tuple(getattr(attention_mask, 'shape', ()))}")
+            return self._forward_padded(x, attention_mask, cache)
         if cp_group is not None:
             if cache is not None:
                 raise ValueError("cache and cp_group cannot be combined (decoding is not sharded)")
@@ -263,3 +282,87 @@ class SISAAttention(nn.Module):
             return _plain_attention(q, k, v)
         segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
         return torch.cat([_plain_attention(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in segments], dim=1)
+
+    def _forward_padded(self, x, mask, cache):
+        """Batches with pads. mask (b, t) bool, True at real tokens.
+
+        The rule: a pad has no effect on any real token. In terms of the maths, a pad
+        position gets log_alpha = 0 and theta = 0 (no decay, no rotation: g and Phi
+        carry across it unchanged), it is never a key (its score is -inf for every
+        other query), and it does not advance positions (a real token's RoPE position
+        is the number of real tokens before it in its row, so the first real token is
+        at 0). So each real token's output equals that of its row with the pads
+        deleted, whatever the pattern (left, right or inner pads). A pad's own output
+        row is 0 (before W_O), so a fully padded row stays finite and no NaN reaches
+        real rows, in the forward or the backward.
+
+        Without a cache, or for a cache's first call, the real tokens are packed into
+        one sequence per row (``cu_seqlens``, batch 1), so every backend computes them
+        exactly as it computes packed sequences, and scattered back. A later cached
+        step over a cache that holds pads attends with an explicit key mask
+        (``naive_attention(key_mask=...)``; SDPA with a boolean mask when use_ssm is
+        False): exact, O(s T) per step, but not the widened-SDPA or Triton decode path.
+        """
+        b, t = mask.shape
+        before = (cache.real_lengths(b, x.device) if cache is not None
+                  else torch.zeros(b, dtype=torch.long, device=x.device))
+        pos = (before[:, None] + mask.long().cumsum(1) - 1).clamp(min=0)         # pads: any valid position
+        q, k, v = self.qkv(x, pos)
+        ssm = self.ssm_inputs(x) if self.use_ssm else None
+        prefill = cache is None or cache.length == 0
+        if cache is not None:
+            if self.use_ssm:
+                C, B, log_alpha, theta = ssm
+                pad = ~mask
+                C_rot, B_rot, g, cache.state = ssm_importance_scan(
+                    C, B, log_alpha.masked_fill(pad[..., None], 0.0), theta.masked_fill(pad[..., None, None], 0.0),
+                    initial_state=cache.state, check_inputs=False)
+                past = cache.append(k=k, v=v, B_rot=B_rot, g=g)
+            else:
+                past = cache.append(k=k, v=v)
+            cache.record_mask(mask)
+        if prefill:
+            return self.W_O(rearrange(self._packed_attention(q, k, v, ssm, mask), "b t h d -> b t (h d)"))
+        keys = cache.key_mask()
+        if self.use_ssm:
+            o = naive_attention(q, past["k"], past["v"], C_rot, past["B_rot"], past["g"], self.lam(),
+                                key_mask=keys)
+        else:
+            o = self._masked_plain(q, past["k"], past["v"], keys)
+        o = o.masked_fill(~mask[..., None, None], 0.0)
+        return self.W_O(rearrange(o, "b t h d -> b t (h d)"))
+
+    def _packed_attention(self, q, k, v, ssm, mask):
+        """Attention of each row's real tokens among themselves, through the packed
+        (cu_seqlens) path: q (b, t, h, d), k, v (b, t, hk, d), ssm the (C, B,
+        log_alpha, theta) of ssm_inputs or None, mask (b, t) -> (b, t, h, d), 0 at pads."""
+        b, t, h, d = q.shape
+        idx = mask.reshape(-1).nonzero().squeeze(1)                   # one host sync
+        out = q.new_zeros(b * t, h, d)
+        if idx.numel() == 0:
+            return out.view(b, t, h, d)
+        lengths = mask.sum(1)
+        cu = torch.unique_consecutive(F.pad(lengths.cumsum(0), (1, 0))).to(torch.int32)   # drops empty rows
+
+        def packed(z):
+            return z.reshape(b * t, *z.shape[2:]).index_select(0, idx)[None]
+        if ssm is None:
+            o = self._forward_plain(packed(q), packed(k), packed(v), None, cu)
+        else:
+            o = sisa_attention(*(packed(z) for z in (q, k, v, *ssm)), self.lam(), backend=self.backend,
+                               cu_seqlens=cu, check_inputs=False)
+        return out.index_copy(0, idx, o[0]).view(b, t, h, d)
+
+    def _masked_plain(self, q, k, v, keys):
+        """Causal attention of the last s of T positions with pad keys excluded (a pad
+        query sees only itself): q (b, s, h, d); k, v (b, T, hk, d); keys (b, T) bool."""
+        s, T = q.shape[1], k.shape[1]
+        rep = self.n_heads // self.n_kv_heads
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+        j = torch.arange(T, device=q.device)
+        i = torch.arange(T - s, T, device=q.device)[:, None]
+        allowed = (j <= i) & (keys[:, None, None, :] | (j == i))                 # (b, 1, s, T)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=allowed)
+        return o.transpose(1, 2)

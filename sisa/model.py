@@ -93,9 +93,9 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.ffn = SwiGLU(cfg.d_model, cfg.d_ff)
 
-    def forward(self, x, cache=None, cu_seqlens=None, cp_group=None, cp_layout="zigzag"):
+    def forward(self, x, cache=None, cu_seqlens=None, cp_group=None, cp_layout="zigzag", attention_mask=None):
         x = x + self.attn(self.attn_norm(x), cache=cache, cu_seqlens=cu_seqlens, cp_group=cp_group,
-                          cp_layout=cp_layout)
+                          cp_layout=cp_layout, attention_mask=attention_mask)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -116,8 +116,8 @@ class SISAModel(nn.Module):
             for lin in (block.ffn.w_gate, block.ffn.w_up, block.ffn.w_down):
                 nn.init.normal_(lin.weight, std=0.02)
 
-    def forward(self, ids, caches=None, cu_seqlens=None, *, check_inputs: bool = True, cp_group=None,
-                cp_layout: str = "zigzag"):
+    def forward(self, ids, caches=None, cu_seqlens=None, *, attention_mask=None, check_inputs: bool = True,
+                cp_group=None, cp_layout: str = "zigzag"):
         """ids (b, t) int64 or int32 -> logits (b, t, vocab_size).
 
         caches: a list of one LayerCache per layer (see ``new_caches``) for cached decoding.
@@ -129,16 +129,54 @@ class SISAModel(nn.Module):
         rank's shard (b, t / W) as ``sisa.distributed.shard_sequence(ids, layout=cp_layout)``
         cuts it, and the logits are this rank's shard of the whole sequence's logits
         (shard the labels the same way; the per-rank losses sum to the whole loss).
+        attention_mask: optional (b, t), or (b, T + t) with caches holding T tokens (the
+        whole sequence so far, as ``transformers`` passes it), of 0/1 (bool or integer):
+        0 marks a pad. Each real token's logits equal those of its row with the pads
+        deleted (pads add no decay, no rotation, are never keys and do not advance
+        positions; see SISAAttention._forward_padded); a pad's logits are finite and
+        meaningless. An all-ones mask is the same as none. One host sync checks it. Only
+        the last t columns are read: the caches remember which cached tokens were pads.
         """
         _check_ids("ids", ids)
         self._check_caches(caches, cu_seqlens)
         if check_inputs:
             self._check_id_range("ids", ids)
+        mask = self._new_token_mask(attention_mask, ids, caches, cu_seqlens, cp_group)
         x = self.embed(ids)
         for i, block in enumerate(self.layers):
             x = block(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens, cp_group=cp_group,
-                      cp_layout=cp_layout)
+                      cp_layout=cp_layout, attention_mask=mask)
         return F.linear(self.final_norm(x), self.embed.weight)   # tied head
+
+    def _new_token_mask(self, attention_mask, ids, caches, cu_seqlens, cp_group):
+        """The validated mask of the new tokens (b, t) bool, or None when nothing is padded."""
+        if attention_mask is None:
+            return None
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor (b, t) of 0/1, got {type(attention_mask).__name__}")
+        if attention_mask.is_floating_point() or attention_mask.is_complex():
+            raise TypeError(f"attention_mask must be bool or integer 0/1, got dtype {attention_mask.dtype}")
+        b, t = ids.shape
+        past = 0 if caches is None else caches[0].length
+        lengths = sorted({t, past + t})
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != b or attention_mask.shape[1] not in lengths:
+            raise ValueError(f"attention_mask must have shape (b, t) or, with caches, (b, cached + t): "
+                             f"{' or '.join(str((b, n)) for n in lengths)}, got {tuple(attention_mask.shape)}")
+        if attention_mask.device != ids.device:
+            raise ValueError(f"attention_mask is on {attention_mask.device} but ids on {ids.device}")
+        mask = attention_mask[:, attention_mask.shape[1] - t:]
+        if mask.numel() == 0:
+            return None
+        if mask.device.type == "meta" or torch.compiler.is_compiling():   # values unknown: take the padded path
+            return mask.bool()
+        lo, hi = torch.stack(torch.aminmax(mask.to(torch.int64))).tolist()
+        if lo < 0 or hi > 1:
+            raise ValueError(f"attention_mask must hold only 0 (pad) and 1 (token), got values in [{lo}, {hi}]")
+        if lo == 1 and not (caches is not None and caches[0].has_pads):
+            return None                                   # nothing padded: the ordinary path
+        if cu_seqlens is not None or cp_group is not None:
+            raise ValueError("an attention_mask with pads cannot be combined with cu_seqlens or cp_group")
+        return mask.bool()
 
     def _check_caches(self, caches, cu_seqlens):
         if caches is None:
@@ -175,12 +213,14 @@ class SISAModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, attention_mask=None):
         """Extend ``input_ids`` (b, t) by ``max_new_tokens`` -> (b, t + new).
 
         Greedy by default (temperature 0); temperature > 0 samples (optionally from the
         top_k >= 1 logits). max_new_tokens >= 0 (0 returns the prompt). The prompt is
         processed once, then each step feeds one token through the caches.
+        attention_mask: optional (b, t) 0/1 marking pads of the prompt (left padding
+        for prompts of different lengths); each row then decodes as it would alone.
         """
         _check_ids("input_ids", input_ids)
         if input_ids.shape[1] == 0:
@@ -193,7 +233,7 @@ class SISAModel(nn.Module):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self._check_id_range("input_ids", input_ids)
         caches = self.new_caches(input_ids.shape[1] + max_new_tokens)
-        logits = self(input_ids, caches=caches, check_inputs=False)[:, -1]
+        logits = self(input_ids, caches=caches, attention_mask=attention_mask, check_inputs=False)[:, -1]
         out = [input_ids]
         for step in range(max_new_tokens):
             nxt = _pick(logits.float(), temperature, top_k, generator)
@@ -227,21 +267,41 @@ def _pick(logits, temperature, top_k, generator):
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.1, lam_lr_scale: float = 0.1):
-    """AdamW parameter groups with the paper's treatment: lambda_raw (float32) at
-    lr * lam_lr_scale and no weight decay; norms and biases without decay."""
+PARAM_GROUP_STYLES = ("common", "paper")
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.1, lam_lr_scale: float = 0.1,
+                 style: str = "common"):
+    """AdamW parameter groups; every trainable parameter appears exactly once.
+
+    style="paper": exactly what the authors' train.py does: ``lambda_raw`` at
+        ``lr * lam_lr_scale`` with no weight decay; everything else (matrices, the
+        embedding, norm weights and ``alpha_proj.bias`` included) at ``lr`` with
+        ``weight_decay``. Two groups: [rest, lambda_raw].
+    style="common" (default): the usual no-decay rule on top: ``lambda_raw`` as above;
+        parameters with fewer than 2 dims (norm weights, ``alpha_proj.bias``) at
+        ``lr`` without decay; matrices and the embedding at ``lr`` with
+        ``weight_decay``. Three groups: [decay, no_decay, lambda_raw].
+    The lambda_raw group is left out when the model has none (use_ssm False).
+    """
+    if not isinstance(style, str) or style not in PARAM_GROUP_STYLES:
+        raise ValueError(f"style must be one of {PARAM_GROUP_STYLES}, got {style!r}")
+    check_real("lr", lr)
+    check_real("weight_decay", weight_decay, allow_zero=True)
+    check_real("lam_lr_scale", lam_lr_scale)
     lam, decay, no_decay = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if name.endswith("lambda_raw"):
             lam.append(p)
-        elif p.dim() < 2:
+        elif style == "common" and p.dim() < 2:
             no_decay.append(p)
         else:
             decay.append(p)
-    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-              {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay}]
+    if style == "common":
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
     if lam:
         groups.append({"params": lam, "lr": lr * lam_lr_scale, "weight_decay": 0.0})
     return groups

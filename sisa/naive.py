@@ -92,7 +92,7 @@ def naive_scan(C, B, log_alpha, theta, initial_state=None):
     return C_rot, B_rot, g, final
 
 
-def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=True):
+def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=True, key_mask=None):
     """Causal SISA attention from the scan's outputs, with an explicit score matrix.
 
     score[i, j] = scale q_i.k_j + lam exp(g_i - g_j) Cr_i.Br_j  (j <= i)
@@ -102,6 +102,9 @@ def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=Tr
     in q's dtype. Compute runs in float32 (float64 for float64 inputs);
     upcast=False keeps the products and softmax in q's dtype (only the decay in
     float32): PyTorch's own low-precision error, the yardstick for tolerances.
+    key_mask: optional (b, t) bool; a key where it is False (a pad) is never
+    attended, except by the query at its own position, so no row is empty and no
+    NaN appears (callers discard pad queries' rows).
     """
     b, s, h, d = q.shape
     t, hk = k.shape[1], k.shape[2]
@@ -114,6 +117,9 @@ def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=Tr
     gk = g.to(state_dtype(q.dtype)).transpose(1, 2)                # (b, h, t)
     gq = gk[:, :, t - s:]                                          # (b, h, s)
     causal = torch.ones(s, t, dtype=torch.bool, device=q.device).tril(diagonal=t - s)
+    if key_mask is not None:                                       # (b, 1, s, t): pads only see themselves
+        own = torch.arange(t, device=q.device)[None, :] == torch.arange(t - s, t, device=q.device)[:, None]
+        causal = causal & (key_mask[:, None, None, :] | own)
     # exp(min(g_i - g_j, 0)): the min guards cumsum rounding; masked entries stay finite.
     decay = torch.exp((gq[:, :, :, None] - gk[:, :, None, :]).clamp(max=0).masked_fill(~causal, 0)).to(sd)
     ssm = torch.einsum("bihn,bjhn->bhij", C_rot.to(sd), B_rot.to(sd))
@@ -125,7 +131,7 @@ def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=Tr
 
 def weighted_values(p, v, causal, score):
     """out[b, i, h] = sum over j <= i of p[b, h, i, j] v[b, j, h]: p and score (b, h,
-    s, t), v (b, t, h, d), causal (s, t) bool -> (b, s, h, d).
+    s, t), v (b, t, h, d), causal (s, t) or (b, 1, s, t) bool -> (b, s, h, d).
 
     A masked key contributes nothing even where v is inf or NaN (a plain product
     would give 0 * inf = NaN in rows before it). A kept key with a finite score has

@@ -1,0 +1,17 @@
+"""Hugging Face ``transformers`` integration (``pip install sisa[hf]``).
+
+Importing this module registers ``SISAHFConfig`` (model_type "sisa") with
+``AutoConfig`` and ``SISAForCausalLM`` with ``AutoModelForCausalLM``, so
+``AutoModelForCausalLM.from_pretrained(dir)`` works after ``import sisa.hf``.
+The core ``sisa`` package never imports transformers.
+"""
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .cache import SISACache, SISACacheLayer
+from .config import SISAHFConfig
+from .modeling import SISAForCausalLM, SISAPreTrainedModel
+
+AutoConfig.register(SISAHFConfig.model_type, SISAHFConfig, exist_ok=True)
+AutoModelForCausalLM.register(SISAHFConfig, SISAForCausalLM, exist_ok=True)
+
+__all__ = ["SISAHFConfig", "SISAForCausalLM", "SISAPreTrainedModel", "SISACache", "SISACacheLayer"]
