@@ -97,13 +97,13 @@ def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=No
 
     q (b, s, h, d); k, v (b, T, hk, d); C_rot (b, s, h, n); B_rot (b, T, h, n);
     g (b, T, h) float32; lam (h,). Returns (b, s, h, d). Uses the Triton decode
-    kernel on CUDA when available, elsewhere stock SDPA: over the widened keys that
+    kernel on CUDA when available (16/32-bit inputs), elsewhere stock SDPA: over the widened keys that
     ``cache`` (the LayerCache holding k, v, B_rot, g) extends step by step, or, when
     that cannot be used (no cache, autograd recording, a non-finite value, a decay
     span past the dtype's budget within one step), rebuilt in full by the exact
     chunked path of ``sisa.sdpa``.
     """
-    if q.is_cuda and backends.triton_unavailable_reason(q.device) is None:
+    if q.is_cuda and q.dtype != torch.float64 and backends.triton_unavailable_reason(q.device) is None:
         return backends.kernel("decode").sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     inputs = (q, k, v, C_rot, B_rot, g, lam)

@@ -29,8 +29,9 @@ Flash-decoding: with only s (1..16) query rows there is too little work per
 Shapes: q (b, s, h, d); k, v (b, T, hk, d), hk divides h (query head i uses kv
 head i // (h // hk)); C_rot (b, s, h, n); B_rot (b, T, h, n); g (b, T, h)
 float32; lam (h,); lengths (b,) int32 or None. Any strides (the cache is
-typically a view ``buf[:, :T]``). Products accumulate in float32 (float64 for
-float64 inputs); head dim and d_state are padded to powers of two (>= 16).
+typically a view ``buf[:, :T]``). float16, bfloat16 or float32 inputs (float64
+decoding runs the exact reference paths); products accumulate in float32; head dim
+and d_state are padded to powers of two (>= 16).
 """
 from __future__ import annotations
 
@@ -202,6 +203,9 @@ def check_inputs(q, k, v, C_rot, B_rot, g, lam, lengths):
     assert C_rot.shape[3] == B_rot.shape[3], "C_rot and B_rot: same d_state"
     assert g.shape == (b, T, h) and lam.shape == (h,), "g: (b, T, h), lam: (h,)"
     assert 1 <= s <= T, f"need 1 <= s <= T, got s={s}, T={T}"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"sisa_decode takes float16, bfloat16 or float32 inputs, got {q.dtype} (float64 "
+                        "decoding runs the exact reference paths)")
     if lengths is not None:
         assert lengths.shape == (b,) and lengths.dtype == torch.int32 and lengths.device == q.device, \
             "lengths: (b,) int32 on q's device"
@@ -233,7 +237,6 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=No
         lengths = torch.full((b,), T, dtype=torch.int32, device=q.device)
     elif check_lengths and not bool(((lengths >= s) & (lengths <= T)).all()):
         raise ValueError(f"lengths: every live length must lie in [s, T] = [{s}, {T}], got {lengths.tolist()}")
-    wide = torch.float64 if q.dtype == torch.float64 else torch.float32
     d_pad, n_pad, rep = padded(d), padded(n), h // hk
     block_n = block_n or block_n_for(d_pad, n_pad)
     block_m = block_m_for(rep * s)
@@ -241,15 +244,14 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=No
     splits = num_splits or num_splits_for(T, b * hk * row_blocks, block_n, q.device)
     chunk = triton.cdiv(triton.cdiv(T, splits), block_n) * block_n
     splits = triton.cdiv(T, chunk)                     # no split past the end of the cache
-    part_o = torch.empty((b * h * s * splits, d), dtype=wide, device=q.device)
-    part_l = torch.empty((b * h * s * splits,), dtype=wide, device=q.device)
-    lam = lam.to(wide).contiguous()                  # the kernel reads lam[h]
-    acc = tl.float64 if wide == torch.float64 else tl.float32
+    part_o = torch.empty((b * h * s * splits, d), dtype=torch.float32, device=q.device)
+    part_l = torch.empty((b * h * s * splits,), dtype=torch.float32, device=q.device)
+    lam = lam.to(torch.float32).contiguous()         # the kernel reads lam[h]
     _decode_split_kernel[(b * hk, row_blocks, splits)](
         q, k, v, C_rot, B_rot, g, lam, lengths, part_o, part_l,
         *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
         h, s, d, n, chunk, splits, float(scale),
-        REP=rep, BLOCK_M=block_m, D_PAD=d_pad, N_PAD=n_pad, BLOCK_N=block_n, ACC=acc,
+        REP=rep, BLOCK_M=block_m, D_PAD=d_pad, N_PAD=n_pad, BLOCK_N=block_n, ACC=tl.float32,
         UPCAST=upcast_dot(q.dtype), num_warps=4, num_stages=num_stages)
     _decode_merge_kernel[(b * h * s,)](
         part_o, part_l, out, *out.stride(), h, s, d, splits,

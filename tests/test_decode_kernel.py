@@ -207,3 +207,10 @@ def test_lengths_out_of_range_are_refused(bad):
 def test_merge_walks_more_splits_than_one_block():
     """Head dim 256 merges 8 splits' outputs at a time: 12 splits take two blocks."""
     check_parity(make_inputs(1, 200, 2, 2, 1, 256, 16, torch.float32, STRONG, seed=11), num_splits=12, block_n=16)
+
+
+def test_float64_is_refused():
+    """float64 decoding belongs to the exact reference paths (sisa.cache routes it there):
+    the kernel's products are float32."""
+    with pytest.raises(TypeError, match="float64"):
+        sisa_decode(*make_inputs(1, 9, 1, 2, 1, 16, 16, torch.float64, WEAK))
