@@ -172,7 +172,7 @@ class SISAAttention(nn.Module):
         return rope(q, self.rope_base, positions), rope(k, self.rope_base, positions), v
 
     def forward(self, x, cache: LayerCache | None = None, cu_seqlens=None, cp_group=None, cp_layout="zigzag",
-                attention_mask=None):
+                attention_mask=None, check_inputs: bool = True):
         """x (b, t, d_model) -> (b, t, d_model).
 
         cache: a LayerCache to decode with (x holds the next tokens; the cache grows).
@@ -187,6 +187,8 @@ class SISAAttention(nn.Module):
             real token's output equals that of its row with the pads deleted; a pad's
             output row is 0. With a cache that holds pads, a call without a mask
             counts every new token as real.
+        check_inputs: False skips the host sync that checks cu_seqlens' values (the
+            model checks them once for all its layers).
         """
         self._check_x(x)
         if cache is not None and not isinstance(cache, LayerCache):
@@ -210,7 +212,7 @@ class SISAAttention(nn.Module):
             return self._forward_context_parallel(x, cu_seqlens, cp_group, cp_layout)
         t = x.shape[1]
         if cu_seqlens is not None:
-            check_cu_seqlens(cu_seqlens, t, x.shape[0])
+            check_cu_seqlens(cu_seqlens, t, x.shape[0], values=check_inputs)
             pos = packed_positions(cu_seqlens, t)
         else:
             start = cache.length if cache is not None else 0

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .cache import LayerCache
 from .layer import SISAAttention, check_attention_config, check_int, check_real
+from .varlen import check_cu_seqlens
 
 # name: (d_model, n_heads, n_layers, Transformer d_ff), docs/design.md section 2.
 PRESETS = {"50M": (512, 8, 6, 2048), "152M": (768, 12, 12, 3072), "369M": (1024, 16, 24, 2944)}
@@ -93,9 +94,10 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.ffn = SwiGLU(cfg.d_model, cfg.d_ff)
 
-    def forward(self, x, cache=None, cu_seqlens=None, cp_group=None, cp_layout="zigzag", attention_mask=None):
+    def forward(self, x, cache=None, cu_seqlens=None, cp_group=None, cp_layout="zigzag", attention_mask=None,
+                check_inputs=True):
         x = x + self.attn(self.attn_norm(x), cache=cache, cu_seqlens=cu_seqlens, cp_group=cp_group,
-                          cp_layout=cp_layout, attention_mask=attention_mask)
+                          cp_layout=cp_layout, attention_mask=attention_mask, check_inputs=check_inputs)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -123,8 +125,10 @@ class SISAModel(nn.Module):
         caches: a list of one LayerCache per layer (see ``new_caches``) for cached decoding.
         cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1 (with cp_group:
         of the whole sequence).
-        check_inputs: also check that every id is in [0, vocab_size) (one host sync;
-        skipped under torch.compile and on the meta device).
+        check_inputs: also check that every id is in [0, vocab_size) and cu_seqlens' values
+        (once for all layers; a host sync each, skipped under torch.compile and on the meta
+        device). With False and cu_seqlens, the SISA layers make no host sync on the
+        triton backend (the use_ssm=False baseline loops over the sequences).
         cp_group: context parallelism over this torch.distributed group: ids is this
         rank's shard (b, t / W) as ``sisa.distributed.shard_sequence(ids, layout=cp_layout)``
         cuts it, and the logits are this rank's shard of the whole sequence's logits
@@ -141,11 +145,13 @@ class SISAModel(nn.Module):
         self._check_caches(caches, cu_seqlens)
         if check_inputs:
             self._check_id_range("ids", ids)
+        if cu_seqlens is not None and cp_group is None:
+            check_cu_seqlens(cu_seqlens, ids.shape[1], ids.shape[0], values=check_inputs)
         mask = self._new_token_mask(attention_mask, ids, caches, cu_seqlens, cp_group)
         x = self.embed(ids)
         for i, block in enumerate(self.layers):
             x = block(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens, cp_group=cp_group,
-                      cp_layout=cp_layout, attention_mask=mask)
+                      cp_layout=cp_layout, attention_mask=mask, check_inputs=False)
         return F.linear(self.final_norm(x), self.embed.weight)   # tied head
 
     def _new_token_mask(self, attention_mask, ids, caches, cu_seqlens, cp_group):

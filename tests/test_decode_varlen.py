@@ -262,3 +262,25 @@ def test_packed_loop_splits_once(backend):
     leaves = {n: x[n].detach().requires_grad_(n != "lam") for n in NAMES}   # lam is shared, not split
     out = sisa.sisa_attention(*(leaves[n] for n in NAMES), cu_seqlens=cu, backend=backend)
     assert leaf_readers(out) == ["SplitWithSizesBackward0"] * 7
+
+
+def test_packed_model_makes_no_host_sync_without_checks(monkeypatch):
+    """SISAModel(cu_seqlens, check_inputs=False) on the triton backend: no .tolist(),
+    .item() or bool() of a tensor anywhere on the forward and backward path (the model
+    checks cu_seqlens' values once when asked, never per layer)."""
+    pytest.importorskip("triton", reason="needs Triton (the interpreter on a CPU)")
+    from sisa import SISAConfig, SISAModel
+    cfg = SISAConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=2, d_state=4, d_ff=64, backend="triton")
+    model = SISAModel(cfg)
+    ids = torch.randint(0, 32, (1, 24))
+    cu = torch.tensor([0, 5, 6, 24], dtype=torch.int32)
+    model(ids, cu_seqlens=cu, check_inputs=False)                       # compile outside the watch
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync")
+    for name in ("tolist", "item", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    model(ids, cu_seqlens=cu, check_inputs=False).sum().backward()
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="cu_seqlens"):                 # checked once when asked
+        model(ids, cu_seqlens=torch.tensor([0, 5, 30], dtype=torch.int32))
