@@ -320,15 +320,18 @@ def _scan(d, n, sh):
 
 
 def _decode(d, n, sh):
-    """One new query per head, then 8 (speculative decoding) with 4 and 8 query heads
-    per kv head: 16, 32 and 64 rows per tile."""
+    """One new query per head (also with a key mask, as left-padded batches decode),
+    then 8 (speculative decoding) with 4 and 8 query heads per kv head: 16 and 32 rows
+    per tile."""
     from sisa_kernels import decode
     dt, b, t, h = getattr(torch, sh.dtype), sh.batch, sh.seqlen, sh.heads
     e = torch.empty
     with pretend_cuda([decode], sh.sms):
-        for s, hk in ((1, sh.kv_heads), (8, max(1, h // 4)), (8, max(1, h // 8))):
+        for s, hk, mask in ((1, sh.kv_heads, None), (1, sh.kv_heads, torch.ones(b, t, dtype=torch.bool)),
+                            (8, max(1, h // 4), None), (8, max(1, h // 8), None)):
             decode.sisa_decode(e(b, s, h, d, dtype=dt), e(b, t, hk, d, dtype=dt), e(b, t, hk, d, dtype=dt),
-                               e(b, s, h, n, dtype=dt), e(b, t, h, n, dtype=dt), e(b, t, h), torch.ones(h))
+                               e(b, s, h, n, dtype=dt), e(b, t, h, n, dtype=dt), e(b, t, h), torch.ones(h),
+                               key_mask=mask)
 
 
 def _augment(d, n, sh):

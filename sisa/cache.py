@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backends
-from .naive import state_dtype
+from .naive import naive_attention, state_dtype
 from .sdpa import DECAY_BUDGET, all_finite, causal_args, fill_wide, sdpa_attention
 
 
@@ -92,22 +92,30 @@ class LayerCache:
         return {name: buf[:, :need] for name, buf in self._buf.items()}
 
 
-def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=None):
+def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=None, key_mask=None):
     """SISA attention of s new queries over T cached keys (the queries are the last s).
 
     q (b, s, h, d); k, v (b, T, hk, d); C_rot (b, s, h, n); B_rot (b, T, h, n);
-    g (b, T, h) float32; lam (h,). Returns (b, s, h, d). Uses the Triton decode
-    kernel on CUDA when available (16/32-bit inputs), elsewhere stock SDPA: over the widened keys that
-    ``cache`` (the LayerCache holding k, v, B_rot, g) extends step by step, or, when
-    that cannot be used (no cache, autograd recording, a non-finite value, a decay
-    span past the dtype's budget within one step), rebuilt in full by the exact
-    chunked path of ``sisa.sdpa``.
+    g (b, T, h) float32; lam (h,); key_mask None or (b, T) bool, False at pads (never
+    keys; a query still sees itself). Returns (b, s, h, d).
+
+    Where autograd records none of the inputs, uses the Triton decode kernel on CUDA
+    when available (16/32-bit inputs; with the key mask too). Elsewhere: with a key
+    mask, the explicit masked score (``naive_attention``, O(s T)); without one, stock
+    SDPA over the widened keys that ``cache`` (the LayerCache holding k, v, B_rot, g)
+    extends step by step, or, when that cannot be used (no cache, autograd recording,
+    a non-finite value, a decay span past the dtype's budget within one step), rebuilt
+    in full by the exact chunked path of ``sisa.sdpa``. (The decode kernel has no
+    backward, so a recorded call never reaches it.)
     """
-    if q.is_cuda and q.dtype != torch.float64 and backends.triton_unavailable_reason(q.device) is None:
-        return backends.kernel("decode").sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale)
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     inputs = (q, k, v, C_rot, B_rot, g, lam)
     recorded = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+    if (q.is_cuda and not recorded and q.dtype != torch.float64
+            and backends.triton_unavailable_reason(q.device) is None):
+        return backends.kernel("decode").sisa_decode(*inputs, softmax_scale, key_mask=key_mask)
+    if key_mask is not None:
+        return naive_attention(*inputs, softmax_scale, key_mask=key_mask)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if cache is not None and not recorded and not torch.compiler.is_compiling():
         out = _widened_attention(cache, *inputs, scale)
         if out is not None:

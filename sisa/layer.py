@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .cache import LayerCache, cached_attention
-from .naive import naive_attention, rotate_pairs, state_dtype
+from .naive import rotate_pairs, state_dtype
 from .ops import attention_from_scan, sisa_attention, ssm_importance_scan
 from .varlen import check_cu_seqlens, positions as packed_positions
 
@@ -301,9 +301,10 @@ class SISAAttention(nn.Module):
         Without a cache, or for a cache's first call, the real tokens are packed into
         one sequence per row (``cu_seqlens``, batch 1), so every backend computes them
         exactly as it computes packed sequences, and scattered back. A later cached
-        step over a cache that holds pads attends with an explicit key mask
-        (``naive_attention(key_mask=...)``; SDPA with a boolean mask when use_ssm is
-        False): exact, O(s T) per step, but not the widened-SDPA or Triton decode path.
+        step over a cache that holds pads attends with a key mask: the Triton decode
+        kernel on CUDA (``cached_attention(key_mask=...)``), elsewhere the explicit
+        score (``naive_attention(key_mask=...)``, exact, O(s T) per step, not the
+        widened-SDPA path); SDPA with a boolean mask when use_ssm is False.
         """
         b, t = mask.shape
         before = (cache.real_lengths(b, x.device) if cache is not None
@@ -327,8 +328,8 @@ class SISAAttention(nn.Module):
             return self.W_O(rearrange(self._packed_attention(q, k, v, ssm, mask), "b t h d -> b t (h d)"))
         keys = cache.key_mask()
         if self.use_ssm:
-            o = naive_attention(q, past["k"], past["v"], C_rot, past["B_rot"], past["g"], self.lam(),
-                                key_mask=keys)
+            o = cached_attention(q, past["k"], past["v"], C_rot, past["B_rot"], past["g"], self.lam(),
+                                 key_mask=keys)
         else:
             o = self._masked_plain(q, past["k"], past["v"], keys)
         o = o.masked_fill(~mask[..., None, None], 0.0)

@@ -28,7 +28,8 @@ Flash-decoding: with only s (1..16) query rows there is too little work per
 
 Shapes: q (b, s, h, d); k, v (b, T, hk, d), hk divides h (query head i uses kv
 head i // (h // hk)); C_rot (b, s, h, n); B_rot (b, T, h, n); g (b, T, h)
-float32; lam (h,); lengths (b,) int32 or None. Any strides (the cache is
+float32; lam (h,); lengths (b,) int32 or None; key_mask (b, T) bool or None (pads of
+left-padded batches: never keys). Any strides (the cache is
 typically a view ``buf[:, :T]``). float16, bfloat16 or float32 inputs (float64
 decoding runs the exact reference paths); products accumulate in float32; head dim
 and d_state are padded to powers of two (>= 16).
@@ -50,16 +51,17 @@ from .attention import interpreting, neg_part, padded, tile_dot, upcast_dot
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K, V, CR, BR, G, LAM, LENS, PART_O, PART_L,
+    Q, K, V, CR, BR, G, LAM, LENS, KEYS, PART_O, PART_L,
     sq_b, sq_s, sq_h, sq_d,
     sk_b, sk_t, sk_h, sk_d,
     sv_b, sv_t, sv_h, sv_d,
     sc_b, sc_s, sc_h, sc_n,
     sb_b, sb_t, sb_h, sb_n,
     sg_b, sg_t, sg_h,
+    sm_b, sm_t,
     H, S, D, N, CHUNK, NUM_SPLITS, qk_scale,
     REP: tl.constexpr, BLOCK_M: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_N: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
 ):
     pid_bk = tl.program_id(0)
     split = tl.program_id(2)
@@ -115,6 +117,9 @@ def _decode_split_kernel(
         g_j = tl.load(g_rows[:, None] + cols[None, :] * sg_t, mask=row_ok[:, None] & col_ok[None, :],
                       other=0.0).to(ACC)
         seen = row_ok[:, None] & col_ok[None, :] & (cols[None, :] <= pos[:, None])
+        if HAS_KEY_MASK:                               # pads are never keys (a query still sees itself)
+            real = tl.load(KEYS + bi * sm_b + cols * sm_t, mask=col_ok, other=0) != 0
+            seen &= real[None, :] | (cols[None, :] == pos[:, None])
         # exp(min(g_q - g_j, 0)); exponent 0 where unseen, so nothing is inf * 0.
         decay = tl.exp(tl.where(seen, neg_part(g_q[:, None] - g_j), 0.0))
         s = tile_dot(q, tl.trans(k), UPCAST).to(ACC) * c_scale + decay * x * s_scale[:, None]
@@ -195,7 +200,7 @@ def num_splits_for(T: int, programs: int, block_n: int, device: torch.device) ->
     return max(1, min(tiles, triton.cdiv(2 * sms, programs), 256))
 
 
-def check_inputs(q, k, v, C_rot, B_rot, g, lam, lengths):
+def check_inputs(q, k, v, C_rot, B_rot, g, lam, lengths, key_mask):
     b, s, h, d = q.shape
     T, hk = k.shape[1], k.shape[2]
     assert k.shape == v.shape == (b, T, hk, d) and hk > 0 and h % hk == 0, "k, v: (b, T, hk, d), hk divides h"
@@ -206,13 +211,15 @@ def check_inputs(q, k, v, C_rot, B_rot, g, lam, lengths):
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"sisa_decode takes float16, bfloat16 or float32 inputs, got {q.dtype} (float64 "
                         "decoding runs the exact reference paths)")
+    if key_mask is not None:
+        assert key_mask.shape == (b, T) and key_mask.dtype == torch.bool, "key_mask: (b, T) bool"
     if lengths is not None:
         assert lengths.shape == (b,) and lengths.dtype == torch.int32 and lengths.device == q.device, \
             "lengths: (b,) int32 on q's device"
 
 
 def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=None, check_lengths=True,
-                num_splits=None, block_n=None, num_stages=2):
+                key_mask=None, num_splits=None, block_n=None, num_stages=2):
     """SISA attention of the s newest queries over a cache (forward only).
 
     q (b, s, h, d); k, v (b, T, hk, d); C_rot (b, s, h, n); B_rot (b, T, h, n);
@@ -221,11 +228,13 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=No
     device tensor of live lengths s <= L <= T, read by the kernel (no host sync),
     so one CUDA graph captured over capacity-T buffers replays as the lengths grow;
     check_lengths=False skips their one-sync range check (needed under capture).
+    key_mask: None or (b, T) bool, False at pads: a pad is never a key (a query still
+    sees its own position), as ``naive_attention(key_mask=...)``.
     Query i of row b sits at position L_b - s + i. softmax_scale defaults to
     1/sqrt(d). num_splits / block_n / num_stages override the heuristics (tests).
     Returns (b, s, h, d) in q's dtype.
     """
-    check_inputs(q, k, v, C_rot, B_rot, g, lam, lengths)
+    check_inputs(q, k, v, C_rot, B_rot, g, lam, lengths, key_mask)
     b, s, h, d = q.shape
     T, hk = k.shape[1], k.shape[2]
     n = C_rot.shape[3]
@@ -247,12 +256,14 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=No
     part_o = torch.empty((b * h * s * splits, d), dtype=torch.float32, device=q.device)
     part_l = torch.empty((b * h * s * splits,), dtype=torch.float32, device=q.device)
     lam = lam.to(torch.float32).contiguous()         # the kernel reads lam[h]
+    keys = lengths if key_mask is None else key_mask.view(torch.uint8)   # a dummy pointer without a mask
     _decode_split_kernel[(b * hk, row_blocks, splits)](
-        q, k, v, C_rot, B_rot, g, lam, lengths, part_o, part_l,
+        q, k, v, C_rot, B_rot, g, lam, lengths, keys, part_o, part_l,
         *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
+        *(key_mask.stride() if key_mask is not None else (0, 0)),
         h, s, d, n, chunk, splits, float(scale),
         REP=rep, BLOCK_M=block_m, D_PAD=d_pad, N_PAD=n_pad, BLOCK_N=block_n, ACC=tl.float32,
-        UPCAST=upcast_dot(q.dtype), num_warps=4, num_stages=num_stages)
+        UPCAST=upcast_dot(q.dtype), HAS_KEY_MASK=key_mask is not None, num_warps=4, num_stages=num_stages)
     _decode_merge_kernel[(b * h * s,)](
         part_o, part_l, out, *out.stride(), h, s, d, splits,
         D_PAD=d_pad, SPLITS_PAD=triton.next_power_of_2(splits), BLOCK_S=max(1, 2048 // d_pad),

@@ -214,3 +214,22 @@ def test_float64_is_refused():
     the kernel's products are float32."""
     with pytest.raises(TypeError, match="float64"):
         sisa_decode(*make_inputs(1, 9, 1, 2, 1, 16, 16, torch.float64, WEAK))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_key_mask_excludes_pads(dtype):
+    """key_mask (b, T): pads (left, inner, a whole split's worth) are never keys, a query
+    still sees its own position; equal to naive_attention(key_mask=...) in float64."""
+    b, T, s = 3, 40, 2
+    inputs = make_inputs(b, T, s, 4, 2, 16, 16, dtype, STRONG, seed=12)
+    keys = torch.ones(b, T, dtype=torch.bool)
+    keys[0, :17] = False                           # left padding past the first split
+    keys[1, 5:9] = keys[1, 30:33] = False          # inner pads
+    keys[2, T - 1] = False                         # the newest query's own position is a pad
+    ref = naive_attention(*[x.double() for x in inputs], key_mask=keys)
+    low = naive_attention(*inputs, key_mask=keys, upcast=False)
+    out = sisa_decode(*inputs, key_mask=keys, num_splits=3, block_n=16)
+    assert torch.isfinite(out).all()
+    tol = 2 * err(low, ref) + FLOOR[dtype] * (1 + ref.abs().max().item())
+    assert err(out, ref) <= tol, (err(out, ref), tol)
+    assert err(out, naive_attention(*[x.double() for x in inputs])) > 10 * tol      # the mask matters

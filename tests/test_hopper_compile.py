@@ -50,13 +50,13 @@ PTRS = {
     scan._scan_bwd_kernel: "C B TH PHI_LAST DCR DBR DG DC DB DLA DTH DG_LAST DPHI_LAST DG0 DPHI0 CU SEQ",
     augment._augment_fwd_kernel: "Q K CR BR G S OFF QH KH",
     augment._augment_bwd_kernel: "DQH DKH CR BR G S OFF DQ DK DCR DBR DG DS",
-    decode._decode_split_kernel: "Q K V CR BR G LAM LENS PART_O PART_L",
+    decode._decode_split_kernel: "Q K V CR BR G LAM LENS KEYS PART_O PART_L",
     decode._decode_merge_kernel: "PART_O PART_L OUT",
 }
 CONSTS = dict(ACC=tl.float32, BLOCK_T=64, BLOCK_P=16, IS_VARLEN=True, HAS_DCR=True, HAS_DBR=True, HAS_DG=True,
               HAS_DQH=True,
               HAS_DKH=True, BLOCK_D=64, BLOCK_N=16, D_PAD=128, N_PAD=16, SPLITS_PAD=16, BLOCK_S=16, REP=4,
-              BLOCK_M=32, UPCAST=False)
+              BLOCK_M=32, UPCAST=False, HAS_KEY_MASK=True)
 for fn, ptrs in PTRS.items():
     ptrs = set(ptrs.split())
     consts, sig = {}, {}
@@ -64,7 +64,8 @@ for fn, ptrs in PTRS.items():
         if p.is_constexpr:
             consts[a], sig[a] = CONSTS[a], "constexpr"
         else:
-            sig[a] = (("*fp32" if a in F32 else "*i32" if a in I32 else "*bf16") if a in ptrs
+            sig[a] = (("*fp32" if a in F32 else "*i32" if a in I32 else "*u8" if a == "KEYS" else "*bf16")
+                      if a in ptrs
                       else "fp32" if a == "qk_scale" else "i32")
     triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                    options=dict(num_warps=4))
