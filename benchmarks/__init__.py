@@ -12,8 +12,16 @@ timed. Layout, one concern per file:
 - ``run.py``: the sweep and its command line (``python -m benchmarks.run``).
 - ``ratio.py``: one SISA provider against plain SDPA with alternating (paired)
   calls, for ratio targets on a noisy machine (``python -m benchmarks.ratio``).
+- ``decode.py``: decode-step latency over cache lengths.
+- ``varlen.py``: one packed (cu_seqlens) call against a per-sequence loop.
+- ``cp.py``: context-parallel attention across spawned processes.
+- ``static.py``: the static sm_90 resource report of every kernel config (no GPU).
 - ``gpu_check.sh``: the one prepared script for a lent GPU.
-- ``retrieval.py``, ``retrieval_data.py``: SISA vs Transformer on needle retrieval.
+- ``retrieval.py`` (command), ``retrieval_train.py``, ``retrieval_report.py``,
+  ``retrieval_data.py``: SISA vs Transformer on multi-query associative recall.
+- ``needle.py``, ``needle_data.py``: the paper's zero-shot needle test on byte-level
+  models pretrained on a local corpus.
+- ``lm_eval_smoke.py``, ``lm_eval_tasks/``: lm-eval on a saved model, local tasks.
 - ``test_bench_cpu.py``: a pytest-benchmark suite for the CPU paths
   (``pytest benchmarks/ --benchmark-only``).
 """

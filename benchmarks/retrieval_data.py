@@ -1,4 +1,5 @@
-"""Synthetic needle-in-a-haystack retrieval (associative recall) task.
+"""Synthetic associative-recall task: multi-query associative recall (MQAR) and its
+filler-padded variant.
 
 Each context is ``seq_len`` tokens:
 
@@ -25,6 +26,11 @@ facts without ambiguity (``parse_facts``):
 Keys are distinct within a context, and so are values, so a model that only
 knows "answer with some value seen in this context" scores 1/n_facts; one that
 ignores the context scores 1/n_values.
+
+With ``n_filler=0`` and ``seq_len = 1 + 4 * n_facts`` (``RetrievalTask.mqar``) there is
+no filler: the facts are packed back to back and every fact is queried once, which
+is multi-query associative recall as in the efficient-attention literature (Zoology,
+Arora et al. 2023), with a QUERY marker before each queried key.
 """
 from __future__ import annotations
 
@@ -58,6 +64,14 @@ class RetrievalTask:
             raise ValueError("n_queries must be in [1, n_facts] (each asks a different fact)")
         if self.body_len < 2 * self.n_facts:
             raise ValueError(f"seq_len {self.seq_len} too short for {self.n_facts} facts")
+        if self.n_filler == 0 and self.body_len != 2 * self.n_facts:
+            raise ValueError("n_filler=0 needs seq_len = 1 + 2 * (n_facts + n_queries) (no room for filler)")
+
+    @classmethod
+    def mqar(cls, n_pairs: int, n_keys: int = 32, n_values: int = 32) -> "RetrievalTask":
+        """Multi-query associative recall: n_pairs facts back to back, each queried once."""
+        return cls(seq_len=1 + 4 * n_pairs, n_facts=n_pairs, n_keys=n_keys, n_values=n_values,
+                   n_filler=0, n_queries=n_pairs)
 
     # vocabulary layout
     @property
@@ -133,7 +147,10 @@ def make_batch(task: RetrievalTask, batch_size: int, gen: torch.Generator) -> Re
     starts = _distinct(b, n, task.body_len - n, gen).sort(dim=1).values
     positions = 1 + starts + torch.arange(n)            # +1 skips BOS
 
-    ids = torch.randint(f_lo, f_lo + task.n_filler, (b, task.seq_len), generator=gen)
+    if task.n_filler:
+        ids = torch.randint(f_lo, f_lo + task.n_filler, (b, task.seq_len), generator=gen)
+    else:   # every body slot holds a fact; the rest is overwritten below
+        ids = torch.zeros(b, task.seq_len, dtype=torch.long)
     ids[:, 0] = BOS
     ids.scatter_(1, positions, keys)
     ids.scatter_(1, positions + 1, values)
