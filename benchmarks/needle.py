@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from benchmarks import needle_data as nd
 from benchmarks.retrieval import machine
-from benchmarks.retrieval_train import MODELS, lr_lambda, model_configs
+from benchmarks.retrieval_train import MODELS, model_configs, optimizer, optimizer_step
 import sisa
 
 DEFAULT_OUT = Path("benchmarks/results/needle_cpu")
@@ -113,8 +113,7 @@ def pretrain(cfg: NeedleConfig, name: str) -> dict:
     val = nd.val_windows(val_bytes, cfg.seq_len, cfg.n_val)
     trials = nd.needle_trials(cfg.n_trials, cfg.trial_seed, cfg.context_len)
     model = build_model(cfg, name)
-    opt = torch.optim.AdamW(sisa.param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    opt, sched = optimizer(model, cfg)
     stream = nd.lm_batches(train_bytes, cfg.batch_size, cfg.seq_len, cfg.seed)
     records, window, t0, c0 = [], [], time.perf_counter(), time.process_time()
 
@@ -132,14 +131,7 @@ def pretrain(cfg: NeedleConfig, name: str) -> dict:
     for step in range(1, cfg.steps + 1):
         batch = next(stream)
         loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1).float(), batch[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        sched.step()
-        window.append(loss.item())
-        if not math.isfinite(window[-1]):
-            raise FloatingPointError(f"{name}: loss is {window[-1]} at step {step}")
+        window.append(optimizer_step(name, step, model, opt, sched, loss, cfg.clip))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             record(step)
     return {"records": records, "wall_s": round(time.perf_counter() - t0, 1),

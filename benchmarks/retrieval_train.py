@@ -92,6 +92,27 @@ def lr_lambda(run: RunConfig):
     return f
 
 
+def optimizer(model, run):
+    """AdamW over ``sisa.param_groups`` (betas 0.9, 0.95) and its ``lr_lambda`` schedule;
+    ``run`` holds lr, weight_decay and the schedule's fields (RunConfig, NeedleConfig)."""
+    opt = torch.optim.AdamW(sisa.param_groups(model, run.lr, run.weight_decay), lr=run.lr, betas=(0.9, 0.95))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(run))
+
+
+def optimizer_step(name: str, step: int, model, opt, sched, loss: torch.Tensor, clip: float) -> float:
+    """Backward, clip, step the optimizer and the schedule; the loss as a float (an
+    error naming the model and step if it is not finite)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    sched.step()
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{name}: loss is {value} at step {step}")
+    return value
+
+
 def answer_loss(model, batch: RetrievalBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over the answer positions, and the predictions there
     (b, n_queries) (argmax over the whole vocabulary).
@@ -161,9 +182,7 @@ def train(name: str, model, run: RunConfig, task: RetrievalTask, held_out: Retri
     """Train one model; returns one record per evaluation (step 0 included). Stops
     early once held-out accuracy reaches ``run.stop_at``. Progress goes to ``log``
     (None: silent) at every evaluation."""
-    opt = torch.optim.AdamW(sisa.param_groups(model, run.lr, run.weight_decay),
-                            lr=run.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(run))
+    opt, sched = optimizer(model, run)
     data = batches(task, run.batch_size, run.seed)          # same order for every model
     stats_ids = held_out.ids[: run.stats_batch]
     use_ssm = model.config.use_ssm
@@ -185,14 +204,7 @@ def train(name: str, model, run: RunConfig, task: RetrievalTask, held_out: Retri
     record(0)
     for step in range(1, run.steps + 1):
         loss, _ = answer_loss(model, next(data))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), run.clip)
-        opt.step()
-        sched.step()
-        window.append(loss.item())
-        if not math.isfinite(window[-1]):
-            raise FloatingPointError(f"{name}: loss is {window[-1]} at step {step}")
+        window.append(optimizer_step(name, step, model, opt, sched, loss, run.clip))
         if step % run.eval_every == 0 or step == run.steps:
             if record(step)["accuracy"] >= run.stop_at:
                 break

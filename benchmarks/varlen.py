@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import sisa
+from benchmarks.cp import make_inputs as cp_inputs
 from benchmarks.run import fresh_folder, machine_info
 from benchmarks.timing import measure_ms
 
@@ -43,13 +44,9 @@ def draw_lengths(total: int, max_len: int, seed: int = 0) -> list[int]:
     return lengths
 
 
-def make_inputs(total, h, hk, d, n, dtype, device, seed=0):
-    """The eight inputs of sisa_attention for one packed (1, total) batch."""
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)                 # noqa: E731
-    xs = [r(1, total, h, d), r(1, total, hk, d), r(1, total, hk, d), r(1, total, h, n), r(1, total, h, n),
-          -0.02 * torch.rand(1, total, h, generator=gen), 0.1 * r(1, total, h, n // 2), 0.3 + torch.rand(h, generator=gen)]
-    return [x.to(device, torch.float32 if i in (5, 7) else dtype) for i, x in enumerate(xs)]
+def make_inputs(total, h, hk, d, n, dtype, device):
+    """The eight inputs of sisa_attention for one packed (1, total) batch (as benchmarks.cp draws them)."""
+    return list(cp_inputs(total, h, hk, d, n, dtype, device).values())
 
 
 def per_sequence(fn, xs, cu):
