@@ -61,7 +61,7 @@ def _decode_split_kernel(
     sm_b, sm_t,
     H, S, D, N, CHUNK, NUM_SPLITS, qk_scale,
     REP: tl.constexpr, BLOCK_M: tl.constexpr, D_PAD: tl.constexpr, N_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
 ):
     pid_bk = tl.program_id(0)
     split = tl.program_id(2)
@@ -90,39 +90,39 @@ def _decode_split_kernel(
     c_rows = bi * sc_b + qi.to(tl.int64) * sc_s + head * sc_h
     cr = tl.load(CR + c_rows[:, None] + offs_c[None, :] * sc_n, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
     g_rows = G + bi * sg_b + head * sg_h                # (BLOCK_M,) pointers: each row's head
-    g_q = tl.load(g_rows + pos.to(tl.int64) * sg_t, mask=row_ok, other=0.0).to(ACC)
+    g_q = tl.load(g_rows + pos.to(tl.int64) * sg_t, mask=row_ok, other=0.0).to(tl.float32)
     # Both logit terms in base 2: softmax uses exp2.
     c_scale = qk_scale * 1.4426950408889634
-    s_scale = tl.load(LAM + head, mask=row_ok, other=0.0).to(ACC) * 1.4426950408889634
+    s_scale = tl.load(LAM + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
 
     k_base = K + bi * sk_b + hk.to(tl.int64) * sk_h
     v_base = V + bi * sv_b + hk.to(tl.int64) * sv_h
     b_base = BR + bi * sb_b + (hk * REP).to(tl.int64) * sb_h
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
-    l_i = tl.zeros([BLOCK_M], dtype=ACC)
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     for n0 in range(start, stop, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < stop
         cols = cols.to(tl.int64)
         k = tl.load(k_base + cols[:, None] * sk_t + offs_d[None, :] * sk_d,
                     mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        x = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+        x = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for j in tl.static_range(REP):                 # the SSM term of each head of the block
             if (j >= h_lo) & (j <= h_hi):
                 br = tl.load(b_base + j * sb_h + cols[:, None] * sb_t + offs_c[None, :] * sb_n,
                              mask=col_ok[:, None] & c_ok[None, :], other=0.0)
-                x = tl.where((hh == j)[:, None], tile_dot(cr, tl.trans(br), UPCAST).to(ACC), x)
+                x = tl.where((hh == j)[:, None], tile_dot(cr, tl.trans(br), UPCAST), x)
         g_j = tl.load(g_rows[:, None] + cols[None, :] * sg_t, mask=row_ok[:, None] & col_ok[None, :],
-                      other=0.0).to(ACC)
+                      other=0.0).to(tl.float32)
         seen = row_ok[:, None] & col_ok[None, :] & (cols[None, :] <= pos[:, None])
         if HAS_KEY_MASK:                               # pads are never keys (a query still sees itself)
             real = tl.load(KEYS + bi * sm_b + cols * sm_t, mask=col_ok, other=0) != 0
             seen &= real[None, :] | (cols[None, :] == pos[:, None])
         # exp(min(g_q - g_j, 0)); exponent 0 where unseen, so nothing is inf * 0.
         decay = tl.exp(tl.where(seen, neg_part(g_q[:, None] - g_j), 0.0))
-        s = tile_dot(q, tl.trans(k), UPCAST).to(ACC) * c_scale + decay * x * s_scale[:, None]
+        s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + decay * x * s_scale[:, None]
         s = tl.where(seen, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)   # rows with no key yet: no -inf - -inf
@@ -131,7 +131,7 @@ def _decode_split_kernel(
         v = tl.load(v_base + cols[:, None] * sv_t + offs_d[None, :] * sv_d,
                     mask=col_ok[:, None] & d_ok[None, :], other=0.0)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tile_dot(p.to(v.dtype), v, UPCAST).to(ACC)
+        acc = acc * alpha[:, None] + tile_dot(p.to(v.dtype), v, UPCAST)
         m_i = m_new
 
     has = l_i > 0
@@ -262,7 +262,7 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=No
         *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
         *(key_mask.stride() if key_mask is not None else (0, 0)),
         h, s, d, n, chunk, splits, float(scale),
-        REP=rep, BLOCK_M=block_m, D_PAD=d_pad, N_PAD=n_pad, BLOCK_N=block_n, ACC=tl.float32,
+        REP=rep, BLOCK_M=block_m, D_PAD=d_pad, N_PAD=n_pad, BLOCK_N=block_n,
         UPCAST=upcast_dot(q.dtype), HAS_KEY_MASK=key_mask is not None, num_warps=4, num_stages=num_stages)
     _decode_merge_kernel[(b * h * s,)](
         part_o, part_l, out, *out.stride(), h, s, d, splits,
