@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import backends
 from .naive import naive_attention, state_dtype
-from .sdpa import DECAY_BUDGET, all_finite, causal_args, fill_wide, sdpa_attention
+from .sdpa import DECAY_BUDGET, all_finite, causal_args, fill_wide, overflow_check, sdpa_attention
 
 
 class LayerCache:
@@ -132,8 +132,8 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
     g falls more than the budget below c0, c0 moves to it and the stored rows'
     factors are multiplied by exp(c0_new - c0_old) <= 1 (an O(T) pass once per
     budget / decay tokens). Returns None (the caller rebuilds in full) when a new
-    value is non-finite (and from then on) or the new queries alone span more than
-    the budget.
+    value is non-finite or a widened piece exceeds float16's range (and from then on),
+    or the new queries alone span more than the budget.
     """
     b, s, h, d = q.shape
     T, n = k.shape[1], C_rot.shape[-1]
@@ -172,6 +172,8 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
     fill_wide(w["vhat"][:, :, r0:T], [v[:, r0:T]], sums)
     cq = C_rot.to(sd) * (torch.exp(g[:, T - s :] - w["c0"]) * (lam.to(sd) / scale))[..., None]
     qhat = fill_wide(q.new_empty(b, h, s, d + n), [q, cq], sums)
+    if q.dtype == torch.float16:          # a piece past float16's range: the exact path instead
+        overflow_check([bk, cq], q.dtype, sums)
     if not all_finite(sums):
         w["off"] = True                                           # the exact path handles NaN rows
         return None

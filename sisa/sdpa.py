@@ -158,9 +158,38 @@ def _augment_torch(q, k, C, B, g, s, m0, m1, width, phi=None, phasor=None, reuse
     else:
         cq = rotate_pairs(C[:, rows], phi[:, m0:m1], phasor[:, m0:m1], scale=a_q)
         bk = rotate_pairs(B[:, :m1], phi[:, :m1], phasor[:, :m1], scale=a_k)
+    if q.dtype == torch.float16 and sums is not None:
+        cq, bk = _balance(cq, bk, sums)
     h = q.shape[2]
     return (_widen([q[:, rows], cq], width, h, "qhat" if reuse else None, sums),
             _widen([k[:, :m1], bk], width, h, "khat" if reuse else None, sums))
+
+
+def _balance(cq, bk, sums):
+    """float16: (b, m, h, n) query and (b, m1, h, n) key pieces rescaled by a power of
+    two per (batch, head), cq * sigma and bk / sigma (their products unchanged), so that
+    both peaks are about sqrt(max|cq| max|bk|): large |C| with small |B|, or a small
+    softmax_scale (s = sqrt(lam / scale) big), would otherwise overflow float16 on one
+    side only. Where even the balanced peak exceeds float16's range, appends to sums
+    (see overflow_check) so that the chunk takes the exact path."""
+    if not cq.numel() or not bk.numel():
+        return cq, bk
+    mq, mk = cq.detach().abs().amax(dim=(1, 3)), bk.detach().abs().amax(dim=(1, 3))     # (b, h)
+    sigma = torch.exp2(torch.round(torch.log2(mk / mq) / 2))
+    sigma = torch.where(torch.isfinite(sigma) & (sigma > 0), sigma, 1.0)     # a zero (or NaN) side: as is
+    overflow_check([torch.maximum(mq * sigma, mk / sigma)], torch.float16, sums)
+    sigma = sigma[:, None, :, None]
+    return cq * sigma, bk / sigma
+
+
+def overflow_check(pieces, dtype, sums):
+    """Append to sums a 0-d term that is inf where any element of ``pieces`` (tensors
+    in the state dtype) exceeds ``dtype``'s largest value, i.e. where it would turn to
+    inf on its copy into a ``dtype`` operand: all_finite then fails and the call takes
+    the exact path. Only float16 has a smaller range than the state dtype."""
+    peaks = [p.detach().abs().amax() for p in pieces if p.numel()]
+    if dtype == torch.float16 and peaks:
+        sums.append(torch.where(torch.stack(peaks).amax() > torch.finfo(dtype).max, math.inf, 0.0))
 
 
 def _augment_fused(q, k, C_rot, B_rot, g, lam, scale, width):
