@@ -114,7 +114,8 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
     softmax_scale = check_softmax_scale(softmax_scale)              # a float (or None) from here on
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
     # Values, in one sync; the kernel's route also needs to know whether v is finite.
-    v_finite = (check_attention_values(log_alpha, lam, probe_v=v if backend == "triton" else None)
+    v_finite = (check_attention_values(log_alpha, lam, probe_v=v if backend == "triton" else None, theta=theta,
+                                       scale=softmax_scale or 1.0 / math.sqrt(q.shape[-1]))
                 if check_inputs else None)
     if backend == "triton" and v_finite is False:
         # An inf in v: the kernel's diagonal tiles would multiply it by the 0 weight of

@@ -311,11 +311,13 @@ def paper_sdpa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=
     """
     check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, softmax_scale=softmax_scale)
     b, t, h, d = q.shape
+    if t == 0:
+        return q.new_empty(q.shape)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     C_rot, B_rot, g, _ = naive_scan(C, B, log_alpha, theta)
     c = (g.amax(dim=1, keepdim=True) + g.amin(dim=1, keepdim=True)) / 2
     gc = g - c if clamp is None else (g - c).clamp(-clamp, clamp)
-    s = d ** 0.25 * torch.sqrt(lam.to(g.dtype))[:, None]
+    s = torch.sqrt(lam.to(g.dtype) / scale)[:, None]                # scale * s^2 = lam (d^(1/4) sqrt(lam) by default)
     cbar = (torch.exp(gc)[..., None] * C_rot.to(g.dtype) * s).to(q.dtype)
     bbar = (torch.exp(-gc)[..., None] * B_rot.to(g.dtype) * s).to(q.dtype)
     rep = h // k.shape[2]

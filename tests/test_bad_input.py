@@ -381,3 +381,67 @@ def test_non_finite_v_is_exact(value, backend):
     assert torch.equal(~torch.isfinite(ref), hit)                # the maths, as described
     assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.equal(torch.isinf(out), torch.isinf(ref))
     assert (out.double() - ref).abs()[~hit].max() < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1e38, 3e30, 1e-31, 1e-45])
+def test_softmax_scale_beyond_float32(scale, no_compute):
+    """A scale float32 cannot hold or multiply by with headroom gave NaN on every
+    backend (issue 20): a ValueError naming softmax_scale, on every backend and the
+    paper's baseline."""
+    for backend in sisa.available_backends(DEVICE):
+        raises_naming("softmax_scale", good(), ValueError, softmax_scale=scale, backend=backend)
+    with pytest.raises(ValueError, match="softmax_scale"):
+        sisa.paper_sdpa_attention(*(good()[k] for k in NAMES), softmax_scale=scale)
+
+
+@pytest.mark.parametrize("what", ["lam float64 1e300", "lam float32 1e38", "lam over a tiny scale",
+                                  "theta float64 1e39"])
+def test_scalars_beyond_float32(what, no_compute):
+    """float64 values past float32's range (lam 1e300, theta 1e39), lam 1e38 in float32,
+    or lam / softmax_scale past 1e30 (sdpa's s = sqrt(lam / scale)): NaN on every
+    backend where the maths is finite (issue 20). Now a ValueError naming the argument."""
+    x, kw = good(), {}
+    if what == "lam float64 1e300":
+        x["lam"] = torch.full_like(x["lam"], 1e300, dtype=torch.float64)
+    elif what == "lam float32 1e38":
+        x["lam"] = torch.full_like(x["lam"], 1e38)
+    elif what == "lam over a tiny scale":
+        x["lam"] = torch.full_like(x["lam"], 100.0)
+        kw["softmax_scale"] = 1e-29
+    else:
+        x["theta"] = x["theta"].double()
+        x["theta"][1, 2, 3, 1] = 1e39
+    name = "theta" if what.startswith("theta") else "lam"
+    for backend in sisa.available_backends(DEVICE):
+        raises_naming(name, x, ValueError, backend=backend, **kw)
+    if name == "theta":
+        with pytest.raises(ValueError, match="theta"):
+            sisa.ssm_importance_scan(x["C"], x["B"], x["log_alpha"], x["theta"])
+
+
+def test_large_representable_scalars_run():
+    """Just inside the limits: finite and exact (float64 judge)."""
+    x = good()
+    x["theta"][0, 0, 0, 0] = 1e3
+    x["lam"][0] = 1e6
+    ref = call({k: v.double() for k, v in x.items()}, backend="naive")
+    for backend in sisa.available_backends(DEVICE):
+        assert (call(x, backend=backend).double() - ref).abs().max() < 1e-4, backend
+
+
+@pytest.mark.parametrize("scale", [0.7, 0.05, 2.0])
+def test_paper_baseline_custom_scale(scale):
+    """paper_sdpa_attention(softmax_scale=s) scaled the SSM term by s sqrt(d) (error
+    1.69 at s = 0.7): it computes the paper's formula, SSM term unscaled, for any scale
+    (no clamp engages at this decay)."""
+    x = {k: v.double() for k, v in good(t=9).items()}
+    ref = call(x, backend="naive", softmax_scale=scale)
+    out = sisa.paper_sdpa_attention(*(x[k] for k in NAMES), softmax_scale=scale)
+    assert (out - ref).abs().max() < 1e-10
+
+
+def test_paper_baseline_empty_sequence():
+    """t = 0 passed validation and then crashed in amax."""
+    x = good(t=0)
+    out = sisa.paper_sdpa_attention(*(x[k] for k in NAMES))
+    assert out.shape == x["q"].shape
