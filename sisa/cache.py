@@ -116,7 +116,7 @@ def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=No
     if key_mask is not None:
         return naive_attention(*inputs, softmax_scale, key_mask=key_mask)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if cache is not None and not recorded and not torch.compiler.is_compiling():
+    if cache is not None and not recorded and not torch.compiler.is_compiling() and q.device.type != "meta":
         out = _widened_attention(cache, *inputs, scale)
         if out is not None:
             return out

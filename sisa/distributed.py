@@ -237,7 +237,7 @@ def _attend(backend, q, k, v, C_rot, B_rot, g, lam, scale):
 def _packed(q, k, v, C, B, log_alpha, theta, lam, scale, group, layout, world, mine, c, cu_seqlens, backend):
     """Context parallelism over packed documents (see the module docstring)."""
     t = c * len(mine) * world
-    segments = check_cu_seqlens(cu_seqlens, t, q.shape[0])
+    segments = check_cu_seqlens(cu_seqlens, t, q.shape[0], device=q.device)
     sd = state_dtype(q.dtype)
     la_all = _global_order(all_gather(log_alpha, group), layout, world)
     th_all = _global_order(all_gather(theta, group), layout, world)

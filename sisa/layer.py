@@ -212,7 +212,7 @@ class SISAAttention(nn.Module):
             return self._forward_context_parallel(x, cu_seqlens, cp_group, cp_layout)
         t = x.shape[1]
         if cu_seqlens is not None:
-            check_cu_seqlens(cu_seqlens, t, x.shape[0], values=check_inputs)
+            check_cu_seqlens(cu_seqlens, t, x.shape[0], values=check_inputs, device=x.device)
             pos = packed_positions(cu_seqlens, t)
         else:
             start = cache.length if cache is not None else 0
@@ -235,7 +235,7 @@ class SISAAttention(nn.Module):
         t = x.shape[1] * world_size(group)
         pos = shard_positions(t, group, layout, device=x.device)
         if cu_seqlens is not None:
-            check_cu_seqlens(cu_seqlens, t, x.shape[0])
+            check_cu_seqlens(cu_seqlens, t, x.shape[0], device=x.device)
             pos = packed_positions(cu_seqlens, t)[pos]
         q, k, v = self.qkv(x, pos)
         if self.use_ssm:
@@ -282,7 +282,7 @@ class SISAAttention(nn.Module):
             k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
         if cu_seqlens is None:
             return _plain_attention(q, k, v)
-        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
+        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0], device=q.device)
         return torch.cat([_plain_attention(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in segments], dim=1)
 
     def _forward_padded(self, x, mask, cache):

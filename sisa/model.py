@@ -146,7 +146,7 @@ class SISAModel(nn.Module):
         if check_inputs:
             self._check_id_range("ids", ids)
         if cu_seqlens is not None and cp_group is None:
-            check_cu_seqlens(cu_seqlens, ids.shape[1], ids.shape[0], values=check_inputs)
+            check_cu_seqlens(cu_seqlens, ids.shape[1], ids.shape[0], values=check_inputs, device=ids.device)
         mask = self._new_token_mask(attention_mask, ids, caches, cu_seqlens, cp_group)
         x = self.embed(ids)
         for i, block in enumerate(self.layers):
@@ -173,7 +173,9 @@ class SISAModel(nn.Module):
         mask = attention_mask[:, attention_mask.shape[1] - t:]
         if mask.numel() == 0:
             return None
-        if mask.device.type == "meta" or torch.compiler.is_compiling():   # values unknown: take the padded path
+        if mask.device.type == "meta":        # no values, shapes only: they do not depend on where pads are
+            return None
+        if torch.compiler.is_compiling():     # values unknown: take the padded path
             return mask.bool()
         lo, hi = torch.stack(torch.aminmax(mask.to(torch.int64))).tolist()
         if lo < 0 or hi > 1:

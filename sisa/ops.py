@@ -38,7 +38,7 @@ def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="
     segments = None
     if cu_seqlens is not None:
         check_scan_inputs(C, B, log_alpha, theta, None, check_values=False)   # shapes first
-        segments = check_cu_seqlens(cu_seqlens, C.shape[1], C.shape[0], values=check_inputs)
+        segments = check_cu_seqlens(cu_seqlens, C.shape[1], C.shape[0], values=check_inputs, device=C.device)
     n_seqs = None if cu_seqlens is None else cu_seqlens.shape[0] - 1
     check_scan_inputs(C, B, log_alpha, theta, initial_state, check_values=check_inputs, n_seqs=n_seqs)
     backend = backends.resolve(backend, C.device, "scan")
@@ -122,7 +122,7 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         # masked rows (NaN); sdpa's exact row-wise path keeps those rows as the maths has them.
         backend = "sdpa"
     if cu_seqlens is not None:
-        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0], values=check_inputs)
+        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0], values=check_inputs, device=q.device)
         if backend == "triton":            # inside the kernels: launches independent of n_seqs
             C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend="triton",
                                                      cu_seqlens=cu_seqlens, check_inputs=False)

@@ -445,3 +445,56 @@ def test_paper_baseline_empty_sequence():
     x = good(t=0)
     out = sisa.paper_sdpa_attention(*(x[k] for k in NAMES))
     assert out.shape == x["q"].shape
+
+
+@pytest.mark.parametrize("check_inputs", [True, False])
+@pytest.mark.parametrize("backend", sisa.available_backends(DEVICE))
+def test_cu_seqlens_on_another_device(backend, check_inputs):
+    """cu_seqlens on another device than the inputs (meta counts as one) was never
+    checked: triton read garbage (outputs of 1e19) with check_inputs=False, the
+    reference paths failed with an unrelated error. A ValueError naming cu_seqlens,
+    from the op, the scan, the layer and the model (no host sync needed)."""
+    x = {k: v[:1] if k != "lam" else v for k, v in good().items()}
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32, device="meta")
+    raises_naming("cu_seqlens", x, ValueError, backend=backend, cu_seqlens=cu, check_inputs=check_inputs)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        sisa.ssm_importance_scan(x["C"], x["B"], x["log_alpha"], x["theta"], cu_seqlens=cu, check_inputs=check_inputs)
+    from sisa.model import SISAConfig, SISAModel
+    for use_ssm in (True, False):
+        model = SISAModel(SISAConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=1, d_state=4, d_ff=16,
+                                     use_ssm=use_ssm)).to(DEVICE)
+        ids = torch.zeros(1, 5, dtype=torch.long, device=DEVICE)
+        with pytest.raises(ValueError, match="cu_seqlens"):
+            model(ids, cu_seqlens=cu, check_inputs=check_inputs)
+        with pytest.raises(ValueError, match="cu_seqlens"):
+            model.layers[0].attn(torch.zeros(1, 5, 16, device=DEVICE), cu_seqlens=cu, check_inputs=check_inputs)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_meta_tensors_every_reference_backend(backend):
+    """sdpa on meta tensors raised 'Tensor.item() cannot be called on meta tensors'
+    (plan_chunks) even with check_inputs=False, though available_backends('meta')
+    lists it: shapes come out, on either reference backend."""
+    assert backend in sisa.available_backends("meta")
+    meta = {k: v.to("meta") for k, v in good().items()}
+    assert call(meta, backend=backend, check_inputs=False).shape == meta["q"].shape
+
+
+@pytest.mark.parametrize("use_ssm", [True, False])
+def test_model_built_on_meta_runs(use_ssm):
+    """A model built under torch.device('meta') (how a large model is built before its
+    weights are loaded, or to trace shapes) runs a forward, with or without a mask,
+    a cached step, and a backward."""
+    from sisa.model import SISAConfig, SISAModel
+    with torch.device("meta"):
+        model = SISAModel(SISAConfig(vocab_size=50, d_model=32, n_heads=2, n_layers=2, d_state=4, d_ff=64,
+                                     use_ssm=use_ssm))
+    ids = torch.zeros(2, 7, dtype=torch.long, device="meta")
+    logits = model(ids)
+    assert logits.shape == (2, 7, 50) and logits.device.type == "meta"
+    logits.sum().backward()
+    assert model.embed.weight.grad.shape == model.embed.weight.shape
+    assert model(ids, attention_mask=torch.ones(2, 7, dtype=torch.long, device="meta")).shape == (2, 7, 50)
+    caches = model.new_caches()
+    model(ids, caches=caches)
+    assert model(ids[:, :1], caches=caches).shape == (2, 1, 50)
