@@ -37,6 +37,11 @@ class LayerCache:
         self._real = None            # (b,) int64: real tokens cached per row (None: length in every row)
 
     @property
+    def batch(self) -> int | None:
+        """The batch size of the cached tokens, or None while nothing is cached."""
+        return next(iter(self._buf.values())).shape[0] if self._buf else None
+
+    @property
     def has_pads(self) -> bool:
         """Whether any cached position is a pad (an attention_mask with zeros was recorded)."""
         return self._valid is not None

@@ -195,6 +195,9 @@ class SISAAttention(nn.Module):
             raise TypeError(f"cache must be a LayerCache or None, got {type(cache).__name__}")
         if cache is not None and cu_seqlens is not None:
             raise ValueError("cache and cu_seqlens cannot be combined")
+        if cache is not None and cache.batch not in (None, x.shape[0]):
+            raise ValueError(f"cache holds {cache.batch} rows but x has batch {x.shape[0]}; decode the batch the "
+                             "cache was filled with (LayerCache.select_batch keeps some rows) or start a new cache")
         if attention_mask is not None or (cache is not None and cache.has_pads):
             if cu_seqlens is not None or cp_group is not None:
                 raise ValueError("attention_mask cannot be combined with cu_seqlens or cp_group")
