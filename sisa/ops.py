@@ -65,6 +65,33 @@ def _packed_naive_scan(C, B, log_alpha, theta, initial_state, segments):
     return C_rot, B_rot, g, tuple(torch.cat(x) for x in zip(*(o[3] for o in outs)))
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on the output of a backend with first derivatives only (sdpa: PyTorch's
+    fused SDPA backward has none; triton: the kernels'). Its backward runs first, so a
+    backward with create_graph=True (a double backward) stops here with one clear
+    error instead of one from deep inside PyTorch or the kernels."""
+
+    @staticmethod
+    def forward(ctx, out, backend):
+        ctx.backend = backend
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():                      # create_graph=True: a graph of the backward is wanted
+            raise NotImplementedError(
+                f"backend {ctx.backend!r} has first derivatives only; a double backward (create_graph=True) "
+                "needs backend='naive', which supports derivatives of any order")
+        return grad, None
+
+
+def _first_order(out, backend):
+    """out, marked as differentiable once only when autograd records it (see _FirstOrderOnly)."""
+    if torch.is_grad_enabled() and out.requires_grad and not torch.compiler.is_compiling():
+        return _FirstOrderOnly.apply(out, backend)
+    return out
+
+
 def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, backend="auto", cu_seqlens=None):
     """SISA attention given the scan's outputs (no validation: internal callers such
     as the layer's cached prefill). Shapes as sisa_attention, with C_rot, B_rot
@@ -79,9 +106,9 @@ def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, ba
     if backend == "naive":
         return naive_attention(q, k, v, C_rot, B_rot, g, lam, scale)
     if backend == "sdpa":
-        return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale)
+        return _first_order(sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale), backend)
     attn = backends.kernel("attention_op").sisa_attn
-    return attn(q, k, v, C_rot, B_rot, g.float(), lam.float(), scale, cu_seqlens=cu_seqlens)
+    return _first_order(attn(q, k, v, C_rot, B_rot, g.float(), lam.float(), scale, cu_seqlens=cu_seqlens), backend)
 
 
 def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, backend="auto",
@@ -137,7 +164,7 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         return q.new_empty(q.shape)
     if backend == "sdpa" and not fused_augment_available(q):   # the rotation folds into the Qhat/Khat build
         g, phi = scan_state(log_alpha, theta, state_dtype(q.dtype))
-        return sdpa_attention(q, k, v, C, B, g, lam, softmax_scale, phi=phi)
+        return _first_order(sdpa_attention(q, k, v, C, B, g, lam, softmax_scale, phi=phi), backend)
     scan_backend = backend if backend in ("naive", "triton") else "auto"   # sdpa: the fused scan on CUDA
     C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend=scan_backend, check_inputs=False)
     return attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=softmax_scale, backend=backend)
