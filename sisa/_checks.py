@@ -9,10 +9,11 @@ import torch
 # The dtypes the ops compute in. q, k, v, C and B share one of them; log_alpha, theta
 # and lam may be any of them (they are used in float32, float64 for float64 inputs).
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# g = cumsum(log_alpha) is float32: its total must stay far inside float32's range
-# (3.4e38). Any decay past ~1e4 nats already forgets everything in every dtype.
-MAX_TOTAL_DECAY = 1e30
-# The same headroom for the other scalars the computation multiplies by (float32, whose
+# g = cumsum(log_alpha) is float64: its spacing at |g| = 1e9 is 1.2e-7 nats, so
+# below that differences of nearby tokens keep about float32 accuracy (docs/design.md
+# section 5). Any decay past ~1e4 nats already forgets everything in every dtype.
+MAX_TOTAL_DECAY = 1e9
+# Headroom for the other scalars the computation multiplies by (float32, whose
 # largest value is 3.4e38, for 16/32-bit inputs): softmax_scale within [1/MAX_SCALAR,
 # MAX_SCALAR], lam / softmax_scale (the SSM weight in softmax units: sdpa takes its
 # square root) at most MAX_SCALAR, and theta's total along t at most MAX_SCALAR. A float64
@@ -84,8 +85,8 @@ def _log_alpha_flags(log_alpha, g0=None, packed=False):
     """Value checks of the decays (see _check_values): log_alpha <= 0 and not -inf
     (NaN passes through: NaN in, NaN out); the total decay along t of every (batch,
     head), from g0 (b, h) unless packed (one g0 row per sequence), within
-    MAX_TOTAL_DECAY so that the float32 g = g0 + cumsum(log_alpha) stays finite;
-    g0 finite."""
+    MAX_TOTAL_DECAY so that the float64 g = g0 + cumsum(log_alpha) keeps nearby
+    differences to float32 accuracy; g0 finite."""
     flags = []
     if log_alpha.numel():
         flags.append((((log_alpha > 0) | (log_alpha == float("-inf"))).any(), lambda: (
@@ -97,8 +98,8 @@ def _log_alpha_flags(log_alpha, g0=None, packed=False):
         flags.append(((total < -MAX_TOTAL_DECAY).any(), lambda: (
             f"log_alpha sums to {total.min().item():.4g} along the sequence for some (batch, head)"
             f"{' from initial_state[0] (g0)' if g0 is not None and not packed else ''}; the cumulative decay g is "
-            f"float32 and must stay above -{MAX_TOTAL_DECAY:g} (a per-token log-decay below -1e4 "
-            "already forgets everything in every dtype: clamp log_alpha there)")))
+            f"float64 and must stay above -{MAX_TOTAL_DECAY:g} for its differences to keep float32 accuracy "
+            "(a per-token log-decay below -1e4 already forgets everything in every dtype: clamp log_alpha there)")))
     if g0 is not None and g0.numel():
         flags.append((torch.isinf(g0).any(), lambda: "initial_state[0] (g0) must be finite"))
     return flags

@@ -1,7 +1,7 @@
 """Cached decoding: per-layer state and attention of new tokens over the cache.
 
 A cached step keeps, per layer, k and v (b, T, hk, d), B_rot (b, T, h, n) and the
-float32 g (b, T, h) of every past token, plus the running scan state
+float64 g (b, T, h) of every past token (docs/design.md section 5), plus the running scan state
 (g_last (b, h), phi_last (b, h, n/2)). New tokens continue the scan from that state
 and attend over the cache with the exact SISA score: the decay is the difference
 g_i - g_j of stored cumulative log-decays, never a clamped factorisation.
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backends
-from .naive import naive_attention, state_dtype
+from .naive import G_DTYPE, naive_attention, state_dtype
 from .sdpa import DECAY_BUDGET, all_finite, causal_args, fill_wide, overflow_check, sdpa_attention
 
 
@@ -101,7 +101,7 @@ def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=No
     """SISA attention of s new queries over T cached keys (the queries are the last s).
 
     q (b, s, h, d); k, v (b, T, hk, d); C_rot (b, s, h, n); B_rot (b, T, h, n);
-    g (b, T, h) float32; lam (h,); key_mask None or (b, T) bool, False at pads (never
+    g (b, T, h) float64; lam (h,); key_mask None or (b, T) bool, False at pads (never
     keys; a query still sees itself). Returns (b, s, h, d).
 
     Where autograd records none of the inputs, uses the Triton decode kernel on CUDA
@@ -143,7 +143,7 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
     b, s, h, d = q.shape
     T, n = k.shape[1], C_rot.shape[-1]
     sd, budget = state_dtype(q.dtype), DECAY_BUDGET[q.dtype]
-    g = g.to(sd)
+    g = g.to(G_DTYPE)                                             # exponents in float64, then rounded to sd
     w = cache.wide
     if w is None or w["rows"] > T or w["khat"].dtype != q.dtype or w["khat"].shape[-1] != d + n:
         if w is not None and w.get("off"):
@@ -159,7 +159,7 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
     key_span, query_span = spans()
     if key_span > budget:                                         # rebase on the newest g
         c0 = g[:, T - 1 : T]
-        rescale = torch.exp(c0 - w["c0"]).transpose(1, 2)[..., None].to(q.dtype)   # (b, h, 1, 1) <= 1
+        rescale = torch.exp((c0 - w["c0"]).to(sd)).transpose(1, 2)[..., None].to(q.dtype)   # (b, h, 1, 1) <= 1
         w["khat"][:, :, : w["rows"], d:] *= rescale
         w["c0"] = c0.clone()
         key_span, query_span = spans()
@@ -172,10 +172,10 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
             grown[:, :, : w["rows"]] = w[name][:, :, : w["rows"]]
             w[name] = grown
     r0, sums = w["rows"], []
-    bk = B_rot[:, r0:T].to(sd) * torch.exp(w["c0"] - g[:, r0:T])[..., None]
+    bk = B_rot[:, r0:T].to(sd) * torch.exp((w["c0"] - g[:, r0:T]).to(sd))[..., None]
     fill_wide(w["khat"][:, :, r0:T], [k[:, r0:T], bk], sums)
     fill_wide(w["vhat"][:, :, r0:T], [v[:, r0:T]], sums)
-    cq = C_rot.to(sd) * (torch.exp(g[:, T - s :] - w["c0"]) * (lam.to(sd) / scale))[..., None]
+    cq = C_rot.to(sd) * (torch.exp((g[:, T - s :] - w["c0"]).to(sd)) * (lam.to(sd) / scale))[..., None]
     qhat = fill_wide(q.new_empty(b, h, s, d + n), [q, cq], sums)
     if q.dtype == torch.float16:          # a piece past float16's range: the exact path instead
         overflow_check([bk, cq], q.dtype, sums)

@@ -44,7 +44,7 @@ import struct
 import torch
 
 from ._checks import check_attention_inputs, check_softmax_scale
-from .naive import rotate_pairs, scan_state, state_dtype
+from .naive import G_DTYPE, rotate_pairs, scan_state, state_dtype
 from . import backends
 from .ops import attention_from_scan, sisa_attention, ssm_importance_scan
 from .varlen import check_cu_seqlens
@@ -219,7 +219,7 @@ def context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, *, group=No
     sd = state_dtype(q.dtype)
     split = lambda x: x.split(c, dim=1)                                   # noqa: E731
     # 1. The scan: each chunk from the exclusive prefix of the earlier chunks' totals.
-    totals_g = torch.stack([la.to(sd).sum(1) for la in split(log_alpha)])      # (chunks, b, h)
+    totals_g = torch.stack([la.to(G_DTYPE).sum(1) for la in split(log_alpha)])  # (chunks, b, h) float64
     totals_p = torch.stack([th.to(sd).sum(1) for th in split(theta)])           # (chunks, b, h, n/2)
     g_before = _exclusive_prefix(all_gather(totals_g, group), layout, world)
     p_before = _exclusive_prefix(all_gather(totals_p, group), layout, world)

@@ -29,11 +29,12 @@ def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="
         cu_seqlens: optional int32 (n_seqs + 1,) for packed inputs (b = 1): the scan
             restarts at every sequence start (inside the kernel for triton: one launch).
         check_inputs: validate values too (log_alpha <= 0, its total along t above
-            -1e30, g0 finite, cu_seqlens' entries; one host sync).
+            -1e9, g0 finite, cu_seqlens' entries; one host sync).
     Returns:
-        (C_rot (b, t, h, n) in C's dtype, B_rot (b, t, h, n), g (b, t, h) float32
-        (float64 for float64 inputs), final_state (g_last, phi_last)) with g_last
-        (b, h) and phi_last (b, h, n/2) — (n_seqs, ...) with cu_seqlens.
+        (C_rot (b, t, h, n) in C's dtype, B_rot (b, t, h, n), g (b, t, h) float64
+        for every input dtype (see docs/design.md section 5), final_state (g_last,
+        phi_last)) with g_last (b, h) float64 and phi_last (b, h, n/2) float32
+        (float64 for float64 inputs) — (n_seqs, ...) with cu_seqlens.
     """
     segments = None
     if cu_seqlens is not None:
@@ -108,7 +109,7 @@ def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, ba
     if backend == "sdpa":
         return _first_order(sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale), backend)
     attn = backends.kernel("attention_op").sisa_attn
-    return _first_order(attn(q, k, v, C_rot, B_rot, g.float(), lam.float(), scale, cu_seqlens=cu_seqlens), backend)
+    return _first_order(attn(q, k, v, C_rot, B_rot, g, lam.float(), scale, cu_seqlens=cu_seqlens), backend)
 
 
 def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, backend="auto",
@@ -129,7 +130,7 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         cu_seqlens: optional int32 (n_seqs + 1,) for packed inputs (b = 1): no token
             attends across a sequence boundary and g, Phi restart at each start.
         check_inputs: also check values (log_alpha <= 0 and its total along t above
-            -1e30, lam > 0 and finite; one host sync). NaN in any input is not an
+            -1e9, lam > 0 and finite; one host sync). NaN in any input is not an
             error: it gives NaN exactly where the maths does, on every backend.
     q, k, v, C and B share one dtype (float16, bfloat16, float32 or float64);
     log_alpha, theta and lam may have any of these (they are used in float32,

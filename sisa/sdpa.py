@@ -20,7 +20,7 @@ The decay is split into a query factor exp(g_i - c) and a key factor exp(c - g_j
   and, for one chunk, the Triton epilogue do the build.
 
 Shapes: q (b, t, h, d); k, v (b, t, hk, d); C_rot, B_rot (b, t, h, n); g (b, t, h)
-(float32, float64 for float64 inputs); lam (h,).
+(float64; the exponents g - c are taken in float64, then rounded); lam (h,).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from . import backends
 from ._checks import check_attention_inputs
-from .naive import naive_attention, naive_scan, rotate_pairs, state_dtype, unit_phasor
+from .naive import G_DTYPE, naive_attention, naive_scan, rotate_pairs, state_dtype, unit_phasor
 
 # Largest decay (nats) allowed inside one query chunk. The query factor is at most
 # exp(budget) and must stay far from the dtype's maximum after multiplying C_rot;
@@ -151,8 +151,8 @@ def _augment_torch(q, k, C, B, g, s, m0, m1, width, phi=None, phasor=None, reuse
     scale * s^2 = lam; reuse: build in the workspace; sums: see _widen. Returns both
     heads-first (b, h, ., width)."""
     c = g[:, m1 - 1 : m1]                                         # (b, 1, h): smallest g of the keys
-    a_q = torch.exp(g[:, m0:m1] - c) * s                          # (b, m, h) query factors
-    a_k = torch.exp(c - g[:, :m1]) * s                            # (b, m1, h) key factors, <= s
+    a_q = torch.exp((g[:, m0:m1] - c).to(s.dtype)) * s            # (b, m, h) query factors
+    a_k = torch.exp((c - g[:, :m1]).to(s.dtype)) * s              # (b, m1, h) key factors, <= s
     off = k.shape[1] - q.shape[1]
     rows = slice(m0 - off, m1 - off)                              # the chunk's rows of q and C
     if phi is None:
@@ -270,7 +270,7 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
     n = C_rot.shape[-1]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     sd = state_dtype(q.dtype)
-    g = g.to(sd)
+    g = g.to(G_DTYPE)
     chunks = [(m0 + off, m1 + off) for m0, m1 in plan_chunks(g[:, off:].detach(), DECAY_BUDGET[q.dtype])]
     if fused_augment is None:
         fused_augment = fused_augment_available(q)
@@ -319,10 +319,10 @@ def paper_sdpa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     C_rot, B_rot, g, _ = naive_scan(C, B, log_alpha, theta)
     c = (g.amax(dim=1, keepdim=True) + g.amin(dim=1, keepdim=True)) / 2
-    gc = g - c if clamp is None else (g - c).clamp(-clamp, clamp)
-    s = torch.sqrt(lam.to(g.dtype) / scale)[:, None]                # scale * s^2 = lam (d^(1/4) sqrt(lam) by default)
-    cbar = (torch.exp(gc)[..., None] * C_rot.to(g.dtype) * s).to(q.dtype)
-    bbar = (torch.exp(-gc)[..., None] * B_rot.to(g.dtype) * s).to(q.dtype)
+    gc = (g - c if clamp is None else (g - c).clamp(-clamp, clamp)).to(state_dtype(q.dtype))
+    s = torch.sqrt(lam.to(gc.dtype) / scale)[:, None]               # scale * s^2 = lam (d^(1/4) sqrt(lam) by default)
+    cbar = (torch.exp(gc)[..., None] * C_rot.to(gc.dtype) * s).to(q.dtype)
+    bbar = (torch.exp(-gc)[..., None] * B_rot.to(gc.dtype) * s).to(q.dtype)
     rep = h // k.shape[2]
     k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     qhat, khat = torch.cat((q, cbar), -1), torch.cat((k, bbar), -1)
