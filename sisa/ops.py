@@ -141,6 +141,9 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
     check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=False, softmax_scale=softmax_scale)
     softmax_scale = check_softmax_scale(softmax_scale)              # a float (or None) from here on
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
+    if check_inputs and cu_seqlens is None and torch.compiler.is_compiling():
+        from ._compile import checked_lam          # the value checks as an op of the graph (no v probe)
+        lam, check_inputs = checked_lam(log_alpha, lam), False
     # Values, in one sync; the kernel's route also needs to know whether v is finite.
     v_finite = (check_attention_values(log_alpha, lam, probe_v=v if backend == "triton" else None, theta=theta,
                                        scale=softmax_scale or 1.0 / math.sqrt(q.shape[-1]))

@@ -264,6 +264,10 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
     is one chunk, s = t and phi is None (default: where ``fused_augment_available``).
     Returns (b, s, h, d) in q's dtype.
     """
+    if torch.compiler.is_compiling():   # the host reads below: one opaque op in the graph instead
+        from ._compile import sdpa_attention_op
+        scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        return sdpa_attention_op(q, k, v, C_rot, B_rot, g, lam, scale, phi)
     b, sq, h, d = q.shape
     t = k.shape[1]
     off = t - sq                                                  # position of the first query
