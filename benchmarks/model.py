@@ -20,7 +20,8 @@ gradients or cached decoding depart from the float64 judge is reported as
 models (the order flips every round), so each round gives one ratio to the
 Transformer and a slow spell of a shared machine lands on all three; the ratio
 reported is the median over rounds. A round times ``inner`` calls of each model,
-enough to fill --round-ms. Peak memory (one untimed call per model): on CUDA
+enough to fill --round-ms. Before the rounds, two untimed calls per model: the first
+(lazy initialisation, AdamW's state) and one that measures peak memory: on CUDA
 torch.cuda.max_memory_allocated above the memory allocated before the call; on a
 CPU the process's peak RSS above its RSS before the call (VmHWM, reset through
 /proc/self/clear_refs, after malloc_trim). Progress goes to stderr, one line per
@@ -200,12 +201,12 @@ def _timer(device):
     return timed
 
 
-def alternate(fns: dict, rounds: int, round_ms: float, device) -> dict:
-    """fns: {form: callable}, 'transformer' among them. One warm-up call each; then
-    ``rounds`` rounds, each timing ``inner`` calls of every form, the order flipped
-    every round. Returns {form: list of per-round mean ms}."""
+def alternate(fns: dict, rounds: int, round_ms: float, device, warm: dict) -> dict:
+    """fns: {form: callable}, 'transformer' among them, each called at least twice
+    already; warm: {form: ms of one earlier call}. ``rounds`` rounds, each timing
+    ``inner`` calls of every form, the order flipped every round. Returns {form:
+    list of per-round mean ms}."""
     timed = _timer(device)
-    warm = {name: timed(fn, 1) for name, fn in fns.items()}
     inner = {name: max(1, math.ceil(round_ms / max(ms, 1e-3))) for name, ms in warm.items()}
     order, samples = list(fns), {name: [] for name in fns}
     for r in range(rounds):
@@ -223,7 +224,7 @@ def _quantiles(values):
 
 def measure(task, models, args, reasons) -> list[dict]:
     """Rows for one task, one per form (status unsupported/mismatch/error for forms not timed)."""
-    device, rows, fns = args.device, {}, {}
+    device, rows, fns, warm = args.device, {}, {}, {}
     gen = torch.Generator().manual_seed(args.seed + task["t"])
     vocab = args.config["vocab_size"]
     ids = torch.randint(0, vocab, (task["batch"], task["t"]), generator=gen).to(device)
@@ -250,13 +251,15 @@ def measure(task, models, args, reasons) -> list[dict]:
                 token = torch.randint(0, vocab, (task["batch"], 1), generator=gen).to(device)
                 fns[name] = decode_step(model, form, ids, token, device, args.amp)
             fns[name]()                                        # first call: lazy init (AdamW state)
-            row["peak_mem_mb"] = peak_memory_mb(fns[name], device)
+            t0 = time.perf_counter()
+            row["peak_mem_mb"] = peak_memory_mb(fns[name], device)    # the second: also the warm-up
+            warm[name] = (time.perf_counter() - t0) * 1e3
         except Exception as exc:  # OOM, a missing API: record and go on
             fns.pop(name, None)
             row.update(status="error", reason=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
     if "transformer" in fns:
         try:
-            samples = alternate(fns, args.rounds, args.round_ms, device)
+            samples = alternate(fns, args.rounds, args.round_ms, device, warm)
         except Exception as exc:
             samples = {}
             for name in fns:
