@@ -152,8 +152,9 @@ def batch_size(args, t):
 def plan(args):
     """The ordered list of (provider, mode, Shape). Loops, outer first: d_state, d_head,
     dtype, t, mode, so a --budget-s cut keeps whole curves over t for the first
-    d_state (list the headline value first). plain does not depend on d_state (run
-    with the first one), the scan not on d_head (run with the first one)."""
+    d_state (list the headline value first). plain-kind providers do not depend on
+    d_state (run with the first one), the scan not on d_head (run with the first one)."""
+    plains = [n for n in args.providers if PROVIDERS[n].kind == "plain"]
     attention = [n for n in args.providers if PROVIDERS[n].kind == "sisa"]
     scans = [n for n in args.providers if PROVIDERS[n].kind == "scan"]
     tasks = []
@@ -166,8 +167,8 @@ def plan(args):
                     def shape(d_head, d_state):
                         return Shape(b, t, args.heads, args.kv_heads, d_head, d_state, DTYPES[dt])
                     for mode in args.modes:
-                        if i_n == 0 and "plain" in args.providers:
-                            tasks.append(("plain", mode, shape(d, None)))
+                        if i_n == 0:
+                            tasks += [(name, mode, shape(d, None)) for name in plains]
                         tasks += [(name, mode, shape(d, n)) for name in attention]
                         if i_d == 0:
                             tasks += [(name, mode, shape(None, n)) for name in scans]

@@ -4,7 +4,9 @@ A cached step keeps, per layer, k and v (b, T, hk, d), B_rot (b, T, h, n) and th
 float64 g (b, T, h) of every past token (docs/design.md section 5), plus the running scan state
 (g_last (b, h), phi_last (b, h, n/2)). New tokens continue the scan from that state
 and attend over the cache with the exact SISA score: the decay is the difference
-g_i - g_j of stored cumulative log-decays, never a clamped factorisation.
+g_i - g_j of stored cumulative log-decays, never a clamped factorisation. The
+per-token phase increments theta (b, T, h, n/2) are kept too, so that ``crop`` can
+recover the scan state at any shorter length (what assisted decoding needs).
 
 Where the Triton decode kernel does not run (a CPU), the cache also keeps Khat and
 the padded v in the heads-first layout stock SDPA wants, extended by the new rows
@@ -79,6 +81,27 @@ class LayerCache:
         if self._valid is not None:
             self._valid, self._real = self._valid.index_select(0, index), self._real.index_select(0, index)
         self.wide = None             # rebuilt from the buffers at the next step
+
+    def crop(self, length: int) -> None:
+        """Forget every token from position ``length`` on (0 <= length <= self.length),
+        as if only the first ``length`` had been fed. The scan state at ``length`` is
+        recovered from what is cached: g_last = g[:, length - 1] and phi_last = phi_last
+        minus the thetas of the dropped tokens."""
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
+            raise ValueError(f"length must be an int in [0, {self.length}] (the cached tokens), got {length!r}")
+        if length == self.length:
+            return
+        if length == 0:
+            self.state, self._valid, self._real = None, None, None
+        elif self.state is not None:
+            g_last, phi_last = self.state
+            dropped = self._buf["theta"][:, length : self.length].to(phi_last.dtype).sum(1)
+            self.state = (self._buf["g"][:, length - 1].to(g_last.dtype), phi_last - dropped)
+        if self._valid is not None:
+            self._real = self._valid[:, :length].sum(1)
+        if self.wide is not None:
+            self.wide["rows"] = min(self.wide["rows"], length)
+        self.length = length
 
     def append(self, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
         """Append (b, s, ...) tensors; return views of everything cached so far (b, T, ...)."""

@@ -271,7 +271,7 @@ class SISAAttention(nn.Module):
         C_rot, B_rot, g, cache.state = ssm_importance_scan(C, B, log_alpha, theta, initial_state=cache.state,
                                                            check_inputs=False)
         prefill = cache.length == 0
-        past = cache.append(k=k, v=v, B_rot=B_rot, g=g)
+        past = cache.append(k=k, v=v, B_rot=B_rot, g=g, theta=theta)
         if prefill:  # the prompt: the ordinary fast path
             return attention_from_scan(q, k, v, C_rot, B_rot, g, self.lam(), backend=self.backend)
         return cached_attention(q, past["k"], past["v"], C_rot, past["B_rot"], past["g"], self.lam(), cache=cache)
@@ -320,10 +320,11 @@ class SISAAttention(nn.Module):
             if self.use_ssm:
                 C, B, log_alpha, theta = ssm
                 pad = ~mask
+                theta = theta.masked_fill(pad[..., None, None], 0.0)
                 C_rot, B_rot, g, cache.state = ssm_importance_scan(
-                    C, B, log_alpha.masked_fill(pad[..., None], 0.0), theta.masked_fill(pad[..., None, None], 0.0),
-                    initial_state=cache.state, check_inputs=False)
-                past = cache.append(k=k, v=v, B_rot=B_rot, g=g)
+                    C, B, log_alpha.masked_fill(pad[..., None], 0.0), theta, initial_state=cache.state,
+                    check_inputs=False)
+                past = cache.append(k=k, v=v, B_rot=B_rot, g=g, theta=theta)
             else:
                 past = cache.append(k=k, v=v)
             cache.record_mask(mask)

@@ -5,6 +5,7 @@ With ``use_ssm=False`` the same code is the Transformer baseline.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn as nn
@@ -102,7 +103,12 @@ class Block(nn.Module):
 
 
 class SISAModel(nn.Module):
-    """Causal LM. forward(ids (b, t) long) -> logits (b, t, vocab_size)."""
+    """Causal LM. forward(ids (b, t) long) -> logits (b, t, vocab_size).
+
+    ``gradient_checkpointing = True`` recomputes each block's activations in the
+    backward instead of keeping them (``torch.utils.checkpoint``, non-reentrant, one
+    checkpoint per block) whenever autograd records a forward without caches.
+    """
 
     def __init__(self, config: SISAConfig):
         super().__init__()
@@ -113,14 +119,22 @@ class SISAModel(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.gradient_checkpointing = False
         nn.init.normal_(self.embed.weight, std=0.02)
         for block in self.layers:
             for lin in (block.ffn.w_gate, block.ffn.w_up, block.ffn.w_down):
                 nn.init.normal_(lin.weight, std=0.02)
 
-    def forward(self, ids, caches=None, cu_seqlens=None, *, attention_mask=None, check_inputs: bool = True,
-                cp_group=None, cp_layout: str = "zigzag"):
+    def forward(self, ids=None, caches=None, cu_seqlens=None, *, attention_mask=None, check_inputs: bool = True,
+                cp_group=None, cp_layout: str = "zigzag", inputs_embeds=None, output_hidden_states: bool = False):
         """ids (b, t) int64 or int32 -> logits (b, t, vocab_size).
+
+        inputs_embeds: instead of ids, (b, t, d_model) vectors in the place of the
+        embedding's rows (prompt tuning, multimodal prefixes); the head stays the
+        embedding's weight.
+        output_hidden_states: return (logits, hidden_states), hidden_states a tuple of
+        n_layers + 1 (b, t, d_model) tensors as transformers' models give them: the
+        embeddings, each block's output, the last one after the final norm.
 
         caches: a list of one LayerCache per layer (see ``new_caches``) for cached decoding.
         cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1 (with cp_group:
@@ -141,18 +155,48 @@ class SISAModel(nn.Module):
         meaningless. An all-ones mask is the same as none. One host sync checks it. Only
         the last t columns are read: the caches remember which cached tokens were pads.
         """
-        _check_ids("ids", ids)
-        self._check_caches(caches, cu_seqlens, ids.shape[0])
-        if check_inputs:
+        tokens = self._check_tokens(ids, inputs_embeds)   # (b, t): ids, or a view standing in for them
+        self._check_caches(caches, cu_seqlens, tokens.shape[0])
+        if check_inputs and ids is not None:
             self._check_id_range("ids", ids)
         if cu_seqlens is not None and cp_group is None:
-            check_cu_seqlens(cu_seqlens, ids.shape[1], ids.shape[0], values=check_inputs, device=ids.device)
-        mask = self._new_token_mask(attention_mask, ids, caches, cu_seqlens, cp_group)
-        x = self.embed(ids)
+            check_cu_seqlens(cu_seqlens, tokens.shape[1], tokens.shape[0], values=check_inputs, device=tokens.device)
+        mask = self._new_token_mask(attention_mask, tokens, caches, cu_seqlens, cp_group)
+        x = self.embed(ids) if inputs_embeds is None else inputs_embeds
+        hidden = [x]
+        checkpoint = self._block_checkpoint(caches)
         for i, block in enumerate(self.layers):
-            x = block(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens, cp_group=cp_group,
-                      cp_layout=cp_layout, attention_mask=mask, check_inputs=False)
-        return F.linear(self.final_norm(x), self.embed.weight)   # tied head
+            args = (x, None if caches is None else caches[i], cu_seqlens, cp_group, cp_layout, mask, False)
+            x = block(*args) if checkpoint is None else checkpoint(block, *args)
+            hidden.append(x)
+        x = self.final_norm(x)
+        logits = F.linear(x, self.embed.weight)   # tied head
+        return (logits, (*hidden[:-1], x)) if output_hidden_states else logits
+
+    def _check_tokens(self, ids, inputs_embeds):
+        """Exactly one of ids (b, t) and inputs_embeds (b, t, d_model); returns a (b, t)
+        tensor on their device (ids, or a view of inputs_embeds)."""
+        if (ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of ids (token ids) and inputs_embeds")
+        if ids is not None:
+            _check_ids("ids", ids)
+            return ids
+        if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+            raise TypeError(f"inputs_embeds must be a floating-point torch.Tensor (b, t, d_model), got "
+                            f"{getattr(inputs_embeds, 'dtype', type(inputs_embeds).__name__)}")
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.d_model:
+            raise ValueError(f"inputs_embeds must have shape (b, t, d_model) = (b, t, {self.config.d_model}), "
+                             f"got {tuple(inputs_embeds.shape)}")
+        return inputs_embeds[..., 0]
+
+    def _block_checkpoint(self, caches):
+        """The checkpoint function to run each block through, or None (no checkpointing:
+        switched off, a cached step, or autograd not recording). transformers'
+        gradient_checkpointing_enable sets ``_gradient_checkpointing_func``."""
+        if not self.gradient_checkpointing or caches is not None or not torch.is_grad_enabled():
+            return None
+        return getattr(self, "_gradient_checkpointing_func", None) or functools.partial(
+            torch.utils.checkpoint.checkpoint, use_reentrant=False)
 
     def _new_token_mask(self, attention_mask, ids, caches, cu_seqlens, cp_group):
         """The validated mask of the new tokens (b, t) bool, or None when nothing is padded."""

@@ -12,9 +12,11 @@ except ImportError as exc:   # the optional extra
 
 from .cache import SISACache, SISACacheLayer
 from .config import SISAHFConfig
+from .lora import LORA_FFN_TARGET_MODULES, LORA_SSM_TARGET_MODULES, LORA_TARGET_MODULES
 from .modeling import SISAForCausalLM, SISAPreTrainedModel
 
 AutoConfig.register(SISAHFConfig.model_type, SISAHFConfig, exist_ok=True)
 AutoModelForCausalLM.register(SISAHFConfig, SISAForCausalLM, exist_ok=True)
 
-__all__ = ["SISAHFConfig", "SISAForCausalLM", "SISAPreTrainedModel", "SISACache", "SISACacheLayer"]
+__all__ = ["SISAHFConfig", "SISAForCausalLM", "SISAPreTrainedModel", "SISACache", "SISACacheLayer",
+           "LORA_TARGET_MODULES", "LORA_SSM_TARGET_MODULES", "LORA_FFN_TARGET_MODULES"]
