@@ -15,8 +15,10 @@ from .sdpa import fused_augment_available, sdpa_attention
 from .varlen import check_cu_seqlens, split_sequences
 
 
-def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="auto",
-                        cu_seqlens=None, check_inputs=True):
+def ssm_importance_scan(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: torch.Tensor, *,
+                        initial_state: tuple[torch.Tensor, torch.Tensor] | None = None, backend: str = "auto",
+                        cu_seqlens: torch.Tensor | None = None, check_inputs: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """The SSM importance scan: cumulative log-decay and rotated C, B.
 
     Args:
@@ -93,7 +95,9 @@ def _first_order(out, backend):
     return out
 
 
-def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, backend="auto", cu_seqlens=None):
+def attention_from_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C_rot: torch.Tensor, B_rot: torch.Tensor, g: torch.Tensor, lam: torch.Tensor, *,
+                        softmax_scale: float | None = None, backend: str = "auto",
+                        cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """SISA attention given the scan's outputs (no validation: internal callers such
     as the layer's cached prefill). Shapes as sisa_attention, with C_rot, B_rot
     (b, t, h, n) and g (b, t, h); q and C_rot may hold only the last s <= t positions
@@ -112,8 +116,9 @@ def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, ba
     return _first_order(attn(q, k, v, C_rot, B_rot, g, lam.float(), scale, cu_seqlens=cu_seqlens), backend)
 
 
-def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, backend="auto",
-                   cu_seqlens=None, check_inputs=True):
+def sisa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor, *,
+                   softmax_scale: float | None = None, backend: str = "auto", cu_seqlens: torch.Tensor | None = None,
+                   check_inputs: bool = True) -> torch.Tensor:
     """Causal SISA attention.
 
         score[i, j] = scale q_i.k_j + lam exp(g_i - g_j) (R(Phi_i) C_i).(R(Phi_j) B_j),  j <= i

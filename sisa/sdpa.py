@@ -306,8 +306,9 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).transpose(1, 2)
 
 
-def paper_sdpa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None,
-                         clamp=11.0, sdpa_backend=None):
+def paper_sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: torch.Tensor,
+                         lam: torch.Tensor, *, softmax_scale: float | None = None, clamp: float | None = 11.0,
+                         sdpa_backend=None) -> torch.Tensor:
     """The paper's single-call realisation (docs/design.md section 3), kept as a baseline.
 
     Midpoint offset c per (batch, head), ``g - c`` clamped to [-clamp, clamp]

@@ -75,6 +75,14 @@ def test_return_lse():
     torch.testing.assert_close(lse.double().cpu(), ref.cpu(), rtol=1e-5, atol=1e-5)
     ref_out = naive_sisa_attention(*(z.double() for z in args), softmax_scale=0.5)
     torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-5)
+    # varlen: lse (h, total), each sequence's own
+    cu = torch.tensor([0, 5, 13], device=DEVICE)
+    out, lse = sisa.sisa_attn_varlen_func(*(z.to(DEVICE) for z in x), lam.to(DEVICE), cu, cu, 8, 8,
+                                          return_lse=True, backend="triton")
+    assert lse.shape == (H, 13)
+    for a, b in ((0, 5), (5, 13)):
+        ref = reference_lse(*(z[None, a:b].to(DEVICE) for z in x), lam.to(DEVICE), D ** -0.5)[0]
+        torch.testing.assert_close(lse[:, a:b].double().cpu(), ref.cpu(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cu_dtype", [torch.int32, torch.int64])
