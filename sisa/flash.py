@@ -46,7 +46,7 @@ def _attention_and_lse(q, k, v, C_rot, B_rot, g, lam, softmax_scale, cu_seqlens=
     differentiable in out (lse is not)."""
     op = backends.kernel("attention_op")
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-    bounds = None if cu_seqlens is None else backends.kernel("attention").sequence_bounds(cu_seqlens, q.shape[1])
+    bounds = None if cu_seqlens is None else op.sequence_bounds(cu_seqlens, q.shape[1])
     return op._attn_fwd_op(q, k, v, C_rot, B_rot, g.to(G_DTYPE), lam.float().contiguous(), float(scale), bounds)
 
 
