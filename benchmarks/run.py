@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import itertools
 import json
 import os
@@ -322,9 +321,17 @@ def _write_json(path: Path, payload):
     os.replace(tmp, path)
 
 
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401  (the [bench] extra)
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+    if not args.no_plot and not _have_matplotlib():
         print("sisa-bench: the plot needs matplotlib, from the [bench] extra: pip install 'sisa[bench]' "
               "(or pip install -e '.[bench]' in a checkout), or pass --no-plot", file=sys.stderr)
         return 2
