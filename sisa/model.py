@@ -156,11 +156,11 @@ class SISAModel(nn.Module):
         the last t columns are read: the caches remember which cached tokens were pads.
         """
         tokens = self._check_tokens(ids, inputs_embeds)   # (b, t): ids, or a view standing in for them
-        self._check_caches(caches, cu_seqlens)
+        self._check_caches(caches, cu_seqlens, tokens.shape[0])
         if check_inputs and ids is not None:
             self._check_id_range("ids", ids)
         if cu_seqlens is not None and cp_group is None:
-            check_cu_seqlens(cu_seqlens, tokens.shape[1], tokens.shape[0], values=check_inputs)
+            check_cu_seqlens(cu_seqlens, tokens.shape[1], tokens.shape[0], values=check_inputs, device=tokens.device)
         mask = self._new_token_mask(attention_mask, tokens, caches, cu_seqlens, cp_group)
         x = self.embed(ids) if inputs_embeds is None else inputs_embeds
         hidden = [x]
@@ -217,7 +217,9 @@ class SISAModel(nn.Module):
         mask = attention_mask[:, attention_mask.shape[1] - t:]
         if mask.numel() == 0:
             return None
-        if mask.device.type == "meta" or torch.compiler.is_compiling():   # values unknown: take the padded path
+        if mask.device.type == "meta":        # no values, shapes only: they do not depend on where pads are
+            return None
+        if torch.compiler.is_compiling():     # values unknown: take the padded path
             return mask.bool()
         lo, hi = torch.stack(torch.aminmax(mask.to(torch.int64))).tolist()
         if lo < 0 or hi > 1:
@@ -228,7 +230,7 @@ class SISAModel(nn.Module):
             raise ValueError("an attention_mask with pads cannot be combined with cu_seqlens or cp_group")
         return mask.bool()
 
-    def _check_caches(self, caches, cu_seqlens):
+    def _check_caches(self, caches, cu_seqlens, batch):
         if caches is None:
             return
         if cu_seqlens is not None:
@@ -246,6 +248,10 @@ class SISAModel(nn.Module):
         if len(lengths) > 1:
             raise ValueError(f"caches hold different numbers of tokens ({sorted(lengths)}); they must "
                              "advance together (start again from new_caches())")
+        held = {cache.batch for cache in caches} - {None}
+        if held and held != {batch}:
+            raise ValueError(f"caches hold a batch of {sorted(held)} rows but ids has {batch}; feed the batch the "
+                             "caches were filled with (select_batch on each keeps some rows) or start from new_caches()")
 
     def _check_id_range(self, name, ids):
         """Every id in [0, vocab_size): one host sync, skipped where values are unknown."""
@@ -270,7 +276,9 @@ class SISAModel(nn.Module):
         top_k >= 1 logits). max_new_tokens >= 0 (0 returns the prompt). The prompt is
         processed once, then each step feeds one token through the caches.
         attention_mask: optional (b, t) 0/1 marking pads of the prompt (left padding
-        for prompts of different lengths); each row then decodes as it would alone.
+        for prompts of different lengths; right or inner pads work too: a row continues
+        from its last real token); each row then decodes as it would alone. A row with
+        no real token is a ValueError.
         """
         _check_ids("input_ids", input_ids)
         if input_ids.shape[1] == 0:
@@ -282,8 +290,11 @@ class SISAModel(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self._check_id_range("input_ids", input_ids)
+        if input_ids.shape[0] == 0:                      # nothing to decode (and no row to index)
+            return input_ids.new_empty(0, input_ids.shape[1] + max_new_tokens)
         caches = self.new_caches(input_ids.shape[1] + max_new_tokens)
-        logits = self(input_ids, caches=caches, attention_mask=attention_mask, check_inputs=False)[:, -1]
+        logits = self(input_ids, caches=caches, attention_mask=attention_mask, check_inputs=False)
+        logits = logits[torch.arange(len(logits), device=logits.device), self._last_real(attention_mask, logits)]
         out = [input_ids]
         for step in range(max_new_tokens):
             nxt = _pick(logits.float(), temperature, top_k, generator)
@@ -291,6 +302,20 @@ class SISAModel(nn.Module):
             if step + 1 < max_new_tokens:   # nxt < vocab_size by construction: no sync to check it
                 logits = self(nxt, caches=caches, check_inputs=False)[:, -1]
         return torch.cat(out, dim=1)
+
+    @staticmethod
+    def _last_real(attention_mask, logits):
+        """(b,) index of each prompt row's last real token: t - 1 without a mask. After
+        it come only pads, which change nothing, so the row's next token follows it
+        (right padding decodes as the row alone would)."""
+        b, t = logits.shape[:2]
+        if attention_mask is None:
+            return torch.full((b,), t - 1, device=logits.device)
+        real = attention_mask[:, -t:].to(device=logits.device, dtype=torch.bool)
+        if not bool(real.any(1).all()):
+            raise ValueError(f"attention_mask has a row with no real token (all 0): row "
+                             f"{(~real.any(1)).nonzero()[0].item()}; every prompt needs at least one")
+        return t - 1 - real.flip(1).to(torch.int8).argmax(1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -310,7 +335,9 @@ def _pick(logits, temperature, top_k, generator):
     """logits (b, vocab) -> next ids (b, 1)."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    # From the row maximum down, so that a tiny temperature sends the rest to -inf
+    # rather than the maximum to inf (NaN probabilities).
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -5,7 +5,10 @@ Importing this module registers ``SISAHFConfig`` (model_type "sisa") with
 ``AutoModelForCausalLM.from_pretrained(dir)`` works after ``import sisa.hf``.
 The core ``sisa`` package never imports transformers.
 """
-from transformers import AutoConfig, AutoModelForCausalLM
+try:
+    from transformers import AutoConfig, AutoModelForCausalLM
+except ImportError as exc:   # the optional extra
+    raise ImportError(f"sisa.hf needs the [hf] extra: pip install 'sisa[hf]' ({exc})") from exc
 
 from .cache import SISACache, SISACacheLayer
 from .config import SISAHFConfig
