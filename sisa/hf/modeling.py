@@ -164,16 +164,17 @@ class SISAForCausalLM(SISAPreTrainedModel, GenerationMixin):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length):
-        """generate's hook: a SISACache preallocated for max_cache_length tokens unless
-        the caller passed one (assisted decoding needs it before the first forward).
-        A cache_implementation raises: SISA decodes only with its own cache."""
+        """generate's hook: a new SISACache unless the caller passed one (assisted decoding
+        needs it before the first forward). It grows by doubling rather than preallocating
+        max_cache_length, which a large max_length would make costly. A
+        cache_implementation raises: SISA decodes only with its own cache."""
         if generation_config.cache_implementation is not None:
             raise ValueError(f"cache_implementation={generation_config.cache_implementation!r} is not supported: "
                              "SISA decodes with its own sisa.hf.SISACache; leave cache_implementation unset (or "
                              "pass past_key_values=SISACache(n_layers, capacity=...) to preallocate)")
         if model_kwargs.get("cache") is None and model_kwargs.get("past_key_values") is None \
                 and generation_config.use_cache is not False:
-            model_kwargs["cache"] = SISACache(len(self.model.layers), capacity=max_cache_length)
+            model_kwargs["cache"] = SISACache(len(self.model.layers))
 
     def get_input_embeddings(self):
         return self.model.embed
