@@ -8,7 +8,9 @@ benchmark batch, its first ``gate_t`` tokens):
            (the equation itself), the baseline's own SDPA path for the Transformer
            (its attention is tested against explicit attention in tests/); no swap;
     own    a copy at the benchmark's precision (float32, or under the same autocast)
-           on that same reference code: PyTorch's own low-precision error;
+           on that same reference code, SISA's naive attention with its products and
+           softmax in the low dtype (``upcast=False``, as ``sisa.testing`` does):
+           PyTorch's own low-precision error;
     path   the form's model as benchmarked (its swap and backend, same precision).
 
 FlashAttention's rule scales the tolerance to the problem: err(path) <= 2 err(own)
@@ -31,7 +33,10 @@ import math
 
 import torch
 
-from .model_forms import _compute_dtype, autocast_for, decode_step, lm_loss
+import sisa.ops
+from sisa.naive import naive_attention
+
+from .model_forms import _compute_dtype, _patched, autocast_for, decode_step, lm_loss
 
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 CLAMP = 11.0
@@ -45,6 +50,10 @@ def rel_err(x, ref) -> float:
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     diff = float((x - ref).abs().max()) if ref.numel() else 0.0
     return diff / scale if scale > 0 else diff
+
+
+def _low_precision_naive(*args, **kwargs):
+    return naive_attention(*args, upcast=False, **kwargs)
 
 
 def _reference_copy(model, dtype):
@@ -93,7 +102,7 @@ def check_form(name, form, model, ids, device, amp, decode: bool = True) -> dict
     own = _reference_copy(model, torch.float32)
     none = contextlib.nullcontext
     ref = _run(judge, ids, none(), none())
-    low = _run(own, ids, none(), autocast())
+    low = _run(own, ids, _patched(sisa.ops, "naive_attention", _low_precision_naive), autocast())
     path = _run(model, ids, form.swap(device, compute), autocast())
     checks = {
         "loss": (rel_err(path[0], ref[0]), 2 * rel_err(low[0], ref[0]) + floor),
