@@ -74,7 +74,9 @@ README_TABLE = ("AMD EPYC, 2 torch threads, heads 8/kv heads 8, b*t = 2048 at t 
                 "d_head 64, d_state 16, --rep-ms 150",
                 "python -m benchmarks.run --seqlens 256,512,1024,2048 --d-head 64 --d-state 16 "
                 "--providers plain,sdpa,sdpa-paper,naive,scan-naive")
-RESULTS = Path(__file__).parent / "results"
+# Relative to the current directory (a checkout's root: the committed folder), never
+# inside an installed package.
+RESULTS = Path("benchmarks") / "results"
 
 # HBM bandwidth (bytes/s) by GPU name; the first substring that matches wins.
 GPU_BANDWIDTH = [("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
@@ -319,8 +321,20 @@ def _write_json(path: Path, payload):
     os.replace(tmp, path)
 
 
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401  (the [bench] extra)
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.no_plot and not _have_matplotlib():
+        print("sisa-bench: the plot needs matplotlib, from the [bench] extra: pip install 'sisa[bench]' "
+              "(or pip install -e '.[bench]' in a checkout), or pass --no-plot", file=sys.stderr)
+        return 2
     with pinned_threads(args.threads):
         return _sweep(args)
 

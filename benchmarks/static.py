@@ -288,7 +288,7 @@ def _attention_inputs(d, n, sh):
     b, t, h, hk = sh.batch, sh.seqlen, sh.heads, sh.kv_heads
     e = torch.empty
     return (e(b, t, h, d, dtype=dt), e(b, t, hk, d, dtype=dt), e(b, t, hk, d, dtype=dt),
-            e(b, t, h, n, dtype=dt), e(b, t, h, n, dtype=dt), e(b, t, h, dtype=torch.float32),
+            e(b, t, h, n, dtype=dt), e(b, t, h, n, dtype=dt), e(b, t, h, dtype=torch.float64),
             torch.ones(h, dtype=torch.float32))
 
 
@@ -316,7 +316,7 @@ def _scan(d, n, sh):
         with pretend_cuda([scan], sh.sms):
             _, _, _, _, phi_last = scan._scan_fwd(c, bb, la, th, None, None)
             scan._scan_bwd(c, bb, th, phi_last, torch.empty_like(c), torch.empty_like(bb),
-                           torch.empty(b, t, h), None, None)
+                           torch.empty(b, t, h, dtype=torch.float64), None, None)
 
 
 def _decode(d, n, sh):
@@ -330,14 +330,15 @@ def _decode(d, n, sh):
         for s, hk, mask in ((1, sh.kv_heads, None), (1, sh.kv_heads, torch.ones(b, t, dtype=torch.bool)),
                             (8, max(1, h // 4), None), (8, max(1, h // 8), None)):
             decode.sisa_decode(e(b, s, h, d, dtype=dt), e(b, t, hk, d, dtype=dt), e(b, t, hk, d, dtype=dt),
-                               e(b, s, h, n, dtype=dt), e(b, t, h, n, dtype=dt), e(b, t, h), torch.ones(h),
+                               e(b, s, h, n, dtype=dt), e(b, t, h, n, dtype=dt), e(b, t, h, dtype=torch.float64),
+                               torch.ones(h),
                                key_mask=mask)
 
 
 def _augment(d, n, sh):
     from sisa_kernels import augment
     q, k, _, cr, br, g, lam = _attention_inputs(d, n, sh)
-    s, c = d ** 0.25 * lam.sqrt(), torch.zeros(sh.batch, sh.heads)
+    s, c = d ** 0.25 * lam.sqrt(), torch.zeros(sh.batch, sh.heads, dtype=torch.float64)
     qh, kh = augment._augment_fwd(q, k, cr, br, g, s, c, d + n)
     augment._augment_bwd(torch.empty_like(qh), torch.empty_like(kh), cr, br, g, s, c, d, sh.kv_heads)
 

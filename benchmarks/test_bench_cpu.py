@@ -14,8 +14,8 @@ passes the same float64 correctness gate as ``python -m benchmarks.run``.
 import pytest
 import torch
 
-from benchmarks import gate
-from benchmarks.providers import PROVIDERS, Shape, make_inputs, timed_callable
+from . import gate
+from .providers import PROVIDERS, Shape, make_inputs, timed_callable
 
 SHAPES = {
     "t256": Shape(batch=2, seqlen=256, heads=4, kv_heads=4, d_head=64, d_state=16, dtype=torch.float32),

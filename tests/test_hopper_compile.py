@@ -18,7 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sisa_kernels import attention, attention_bwd
 
-PTRS = {"G": "*fp32", "LAM": "*fp32", "LSE": "*fp32", "DELTA": "*fp32", "DK": "*fp32", "DV": "*fp32",
+PTRS = {"G": "*fp64", "LAM": "*fp32", "LSE": "*fp32", "DELTA": "*fp32", "DK": "*fp32", "DV": "*fp32",
         "COLG": "*fp32", "ROWG": "*fp32", "SEQ_START": "*i32", "BOUNDS": "*i32"}
 for (fn, blocks), varlen in itertools.product(
         ((attention._sisa_fwd_kernel, dict(BLOCK_M=128, BLOCK_N=64)),
@@ -34,7 +34,8 @@ for (fn, blocks), varlen in itertools.product(
 """
 
 # The scan, the sdpa epilogue and decoding: pointers named per kernel (bf16 data,
-# float32 state), the remaining non-constexpr arguments are int32.
+# float64 g and its offsets, float32 other state), the remaining non-constexpr
+# arguments are int32.
 OTHERS = r"""
 import triton
 import triton.language as tl
@@ -42,8 +43,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sisa_kernels import augment, decode, scan
 
-F32 = {"LA", "G", "G0", "PHI0", "G_LAST", "PHI_LAST", "DG", "DLA", "DG_LAST", "DPHI_LAST", "DG0", "DPHI0",
-       "LAM", "S", "OFF", "DS", "PART_O", "PART_L"}
+F32 = {"LA", "PHI0", "PHI_LAST", "DLA", "DG_LAST", "DPHI_LAST", "DG0", "DPHI0", "LAM", "S", "DS", "PART_O",
+       "PART_L"}
+F64 = {"G", "G0", "G_LAST", "OFF"}                      # g, its states and offsets (docs/design.md section 5)
+DG64 = {scan._scan_bwd_kernel}                         # the scan backward reads g's gradient in g's dtype
 I32 = {"CU", "SEQ", "LENS"}
 PTRS = {
     scan._scan_fwd_kernel: "C B LA TH CR BR G G0 PHI0 G_LAST PHI_LAST CU SEQ",
@@ -64,7 +67,9 @@ for fn, ptrs in PTRS.items():
         if p.is_constexpr:
             consts[a], sig[a] = CONSTS[a], "constexpr"
         else:
-            sig[a] = (("*fp32" if a in F32 else "*i32" if a in I32 else "*u8" if a == "KEYS" else "*bf16")
+            f64 = a in F64 or (a == "DG" and fn in DG64)
+            sig[a] = (("*fp64" if f64 else "*fp32" if a in F32 or a == "DG" else "*i32" if a in I32
+                       else "*u8" if a == "KEYS" else "*bf16")
                       if a in ptrs
                       else "fp32" if a == "qk_scale" else "i32")
     triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
