@@ -27,7 +27,8 @@ torch.cuda.max_memory_allocated above the memory allocated before the call; on a
 CPU the process's peak RSS above its RSS before the call (VmHWM, reset through
 /proc/self/clear_refs, after malloc_trim). Progress goes to stderr, one line per
 measurement with an estimate of the time left. Writes model.json, model.md and
-model.png to --out (default: benchmarks/results/scratch/model-<device>-<date>/).
+model.png to --out (default: benchmarks/results/scratch/model-<device>-<date>/ under the
+current directory, as benchmarks.run).
 
 The small config (CPU default): the 50M preset's layer shape (d_model 512, 8 heads,
 d_state 16, d_ff 1939 for SISA and 2048 for the Transformer) with 4 layers and a
@@ -54,7 +55,7 @@ from sisa.model import PRESETS
 from . import model_report
 from .model_forms import FORMS, build_models, checkpointing_unsupported, decode_step, prefill_step, train_step
 from .model_gate import check_form
-from .run import _ints, _slug, machine_info
+from .run import RESULTS, _have_matplotlib, _ints, _slug, machine_info
 from .timing import peak_memory_mb as cuda_peak_memory_mb, pinned_threads
 
 # name: (SISAConfig fields, Transformer d_ff, train (b, t), prefill t's, decode T's, decode batches)
@@ -67,7 +68,6 @@ CONFIGS = {
 for _name, (_d, _h, _layers, _ff) in PRESETS.items():
     CONFIGS[_name] = (dict(d_model=_d, n_heads=_h, n_layers=_layers, d_state=16, vocab_size=50277), _ff,
                       (8, 2048), [512, 2048, 8192, 32768], [1024, 4096, 8192, 16384, 32768], [1, 16])
-RESULTS = Path(__file__).parent / "results"
 
 
 def parse_args(argv=None):
@@ -292,6 +292,10 @@ def header(args, machine, config, params, load) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.no_plot and not _have_matplotlib():
+        print("benchmarks.model: the plot needs matplotlib, from the [bench] extra: pip install 'sisa[bench]' "
+              "(or pip install -e '.[bench]' in a checkout), or pass --no-plot", file=sys.stderr)
+        return 2
     with pinned_threads(args.threads):
         return _run(args, argv)
 

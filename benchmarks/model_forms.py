@@ -198,14 +198,16 @@ def prefill_step(model, form, ids, device, amp):
     return step
 
 
-def decode_step(model, form, prompt, token, device, amp):
+def decode_step(model, form, prompt, token, device, amp, chunk: int = 4096):
     """One cached step at a fixed cache length: caches hold the prompt (b, T) (filled
-    once, untimed); each call rewinds them to T tokens, feeds token (b, 1) and returns
-    its logits (b, vocab). So every call does the same work at cache length T + 1."""
+    once, untimed, ``chunk`` tokens per call so that the prompt's logits never exist
+    for all T at once); each call rewinds them to T tokens, feeds token (b, 1) and
+    returns its logits (b, vocab). So every call does the same work at cache length T + 1."""
     compute, autocast = _compute_dtype(amp), autocast_for(device, amp)
     caches = model.new_caches(prompt.shape[1] + 1)
     with torch.no_grad(), form.swap(device, compute), autocast():
-        model(prompt, caches=caches, check_inputs=False)
+        for start in range(0, prompt.shape[1], chunk):
+            model(prompt[:, start:start + chunk], caches=caches, check_inputs=False)
     snapshot = [(c.length, c.state) for c in caches]
 
     @torch.no_grad()

@@ -8,7 +8,9 @@ benchmark batch, its first ``gate_t`` tokens):
            (the equation itself), the baseline's own SDPA path for the Transformer
            (its attention is tested against explicit attention in tests/); no swap;
     own    a copy at the benchmark's precision (float32, or under the same autocast)
-           on that same reference code: PyTorch's own low-precision error;
+           on that same reference code, SISA's naive attention with its products and
+           softmax in the low dtype (``upcast=False``, as ``sisa.testing`` does):
+           PyTorch's own low-precision error;
     path   the form's model as benchmarked (its swap and backend, same precision).
 
 FlashAttention's rule scales the tolerance to the problem: err(path) <= 2 err(own)
@@ -19,7 +21,7 @@ reports the largest total decay (nats) in any layer at the gate length; past
 2 x 11 nats the clamp engages and the form departs from the equation.
 
 Decoding (forms that decode): the prompt's first gate_t - 1 tokens go into the
-caches, and the cached step's logits for the last token (twice, with the rewind the
+caches (in three chunks, as long prompts do when timing), and the cached step's logits for the last token (twice, with the rewind the
 timed calls use between) must match the judge's full forward within 2 x the error of
 the form's own full forward at the same precision plus the floor.
 """
@@ -31,7 +33,10 @@ import math
 
 import torch
 
-from .model_forms import _compute_dtype, autocast_for, decode_step, lm_loss
+import sisa.ops
+from sisa.naive import naive_attention
+
+from .model_forms import _compute_dtype, _patched, autocast_for, decode_step, lm_loss
 
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 CLAMP = 11.0
@@ -45,6 +50,10 @@ def rel_err(x, ref) -> float:
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     diff = float((x - ref).abs().max()) if ref.numel() else 0.0
     return diff / scale if scale > 0 else diff
+
+
+def _low_precision_naive(*args, **kwargs):
+    return naive_attention(*args, upcast=False, **kwargs)
 
 
 def _reference_copy(model, dtype):
@@ -93,7 +102,7 @@ def check_form(name, form, model, ids, device, amp, decode: bool = True) -> dict
     own = _reference_copy(model, torch.float32)
     none = contextlib.nullcontext
     ref = _run(judge, ids, none(), none())
-    low = _run(own, ids, none(), autocast())
+    low = _run(own, ids, _patched(sisa.ops, "naive_attention", _low_precision_naive), autocast())
     path = _run(model, ids, form.swap(device, compute), autocast())
     checks = {
         "loss": (rel_err(path[0], ref[0]), 2 * rel_err(low[0], ref[0]) + floor),
@@ -125,7 +134,8 @@ def _decode_check(form, model, judge, ids, device, amp, floor):
         want = judge(ids, check_inputs=False)[:, -1]
         with form.swap(device, _compute_dtype(amp)), autocast():
             full = model(ids, check_inputs=False)[:, -1]
-    step = decode_step(model, form, ids[:, :-1], ids[:, -1:], device, amp)
+    # the prompt in three chunks, as a long prompt goes into the caches when timing
+    step = decode_step(model, form, ids[:, :-1], ids[:, -1:], device, amp, chunk=max(1, -(-(ids.shape[1] - 1) // 3)))
     first, second = step(), step()
     err = max(rel_err(first, want), rel_err(second, want))
     return err, 2 * rel_err(full, want) + floor
