@@ -86,7 +86,7 @@ def build(p):
     if p["wide"] == "lam 1e300":
         x["lam"] = torch.full_like(x["lam"], 1e300, dtype=torch.float64)
     elif p["wide"] == "lam 1e38":
-        x["lam"] = torch.full_like(x["lam"], 1e38)
+        x["lam"] = torch.full_like(x["lam"], 1e38, dtype=torch.float32)      # whatever lam was retyped to
     elif p["wide"] == "theta 1e39" and x["theta"].numel():
         x["theta"] = x["theta"].double()
         x["theta"].view(-1)[p["seed"] % x["theta"].numel()] = 1e39
