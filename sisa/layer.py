@@ -286,6 +286,8 @@ class SISAAttention(nn.Module):
         if cu_seqlens is None:
             return _plain_attention(q, k, v)
         segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0], device=q.device)
+        if segments is None:                       # the meta device: no values, one sequence's shapes
+            segments = [(0, q.shape[1])]
         return torch.cat([_plain_attention(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in segments], dim=1)
 
     def _forward_padded(self, x, mask, cache):

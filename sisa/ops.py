@@ -52,6 +52,10 @@ def ssm_importance_scan(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tenso
         return C_rot, B_rot, g, (g_last, phi_last)
     if cu_seqlens is None:
         return naive_scan(C, B, log_alpha, theta, initial_state)
+    if C.device.type == "meta":                                   # no values: the shapes of n_seqs sequences
+        C_rot, B_rot, g, (g_last, phi_last) = naive_scan(C, B, log_alpha, theta)
+        return C_rot, B_rot, g, (g_last.new_empty(n_seqs, *g_last.shape[1:]),
+                                 phi_last.new_empty(n_seqs, *phi_last.shape[1:]))
     return _packed_naive_scan(C, B, log_alpha, theta, initial_state,
                               segments or check_cu_seqlens(cu_seqlens, C.shape[1], 1))
 
@@ -166,6 +170,9 @@ def sisa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.T
                                                      cu_seqlens=cu_seqlens, check_inputs=False)
             return attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=softmax_scale,
                                        backend="triton", cu_seqlens=cu_seqlens)
+        if q.device.type == "meta":                # no values to split by: the shapes are one sequence's
+            return sisa_attention(q, k, v, C, B, log_alpha, theta, lam, softmax_scale=softmax_scale,
+                                  backend=backend, check_inputs=False)
         segments = segments or check_cu_seqlens(cu_seqlens, q.shape[1], 1)
         parts = zip(*(split_sequences(x, segments) for x in (q, k, v, C, B, log_alpha, theta)))
         outs = [sisa_attention(*p, lam, softmax_scale=softmax_scale, backend=backend, check_inputs=False)

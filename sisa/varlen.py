@@ -12,8 +12,8 @@ import torch
 def check_cu_seqlens(cu_seqlens, total: int, batch: int, values: bool = True,
                      device=None) -> list[tuple[int, int]] | None:
     """Validate ``cu_seqlens`` and return the (start, end) pairs (one host sync); with
-    values=False only its type, dtype, shape, device (the inputs', when given) and the
-    batch (no sync; returns None)."""
+    values=False (or on the meta device) only its type, dtype, shape, device (the inputs',
+    when given) and the batch (no sync; returns None)."""
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dtype != torch.int32:
@@ -25,7 +25,7 @@ def check_cu_seqlens(cu_seqlens, total: int, batch: int, values: bool = True,
                          "put it on the inputs' device")
     if batch != 1:
         raise ValueError(f"with cu_seqlens the inputs must be packed into batch 1, got batch {batch}")
-    if not values:
+    if not values or cu_seqlens.device.type == "meta":             # meta: no values to read
         return None
     cu = cu_seqlens.tolist()
     if cu[0] != 0:

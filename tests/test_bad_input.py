@@ -516,3 +516,22 @@ def test_double_backward(backend):
         torch.autograd.grad(out.square().sum(), args[0], create_graph=True)
     first = torch.autograd.grad(call(dict(zip(NAMES, args)), backend=backend).square().sum(), args)
     assert all(torch.isfinite(g).all() for g in first)                   # first derivatives as before
+
+
+def test_meta_tensors_with_cu_seqlens():
+    """Packed inputs and cu_seqlens all on meta: naive and sdpa read cu_seqlens' values
+    to split the sequences ('Cannot copy out of meta tensor'); now the shapes come out,
+    from the op, the scan (one state row per sequence), the layer and the model."""
+    meta = {k: (v[:1] if k != "lam" else v).to("meta") for k, v in good().items()}
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32, device="meta")
+    for backend in ("naive", "sdpa"):
+        assert call(meta, backend=backend, cu_seqlens=cu, check_inputs=False).shape == meta["q"].shape
+    *_, (g_last, phi_last) = sisa.ssm_importance_scan(meta["C"], meta["B"], meta["log_alpha"], meta["theta"],
+                                                      cu_seqlens=cu, check_inputs=False)
+    assert g_last.shape == (2, 4) and phi_last.shape == (2, 4, 2)
+    from sisa.model import SISAConfig, SISAModel
+    for use_ssm in (True, False):
+        with torch.device("meta"):
+            model = SISAModel(SISAConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=1, d_state=4, d_ff=16,
+                                         use_ssm=use_ssm))
+        assert model(torch.zeros(1, 5, dtype=torch.long, device="meta"), cu_seqlens=cu).shape == (1, 5, 11)
