@@ -20,34 +20,34 @@ import torch
 
 from . import backends
 from ._checks import check_attention_inputs, check_scan_inputs, check_softmax_scale
-from .naive import G_DTYPE
+from .naive import G_DTYPE, naive_lse
 from .ops import attention_from_scan, sisa_attention, ssm_importance_scan
 from .varlen import check_cu_seqlens
 
 Tensor = torch.Tensor
 
 
-def _lse_needs_triton(return_lse: bool, backend: str, device) -> str:
-    """The backend to run: with return_lse, the Triton kernel (the only path that forms
-    the log-sum-exp); else ``backend`` unchanged."""
+def _check_return_lse(return_lse) -> None:
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    if not return_lse:
-        return backend
-    if backends.resolve(backend, torch.device(device), "attention") != "triton":
-        raise NotImplementedError(
-            "return_lse=True needs backend='triton' (CUDA, or the CPU under TRITON_INTERPRET=1): "
-            "the naive and sdpa paths do not form the log-sum-exp")
-    return "triton"
 
 
-def _attention_and_lse(q, k, v, C_rot, B_rot, g, lam, softmax_scale, cu_seqlens=None):
-    """The Triton forward's (out (b, s, h, d), lse (b, h, s) float32, natural log);
-    differentiable in out (lse is not)."""
-    op = backends.kernel("attention_op")
+def _attention_and_lse(q, k, v, C_rot, B_rot, g, lam, softmax_scale, backend, cu_seqlens=None):
+    """(out (b, s, h, d), lse (b, h, s), natural log) from the scan's outputs, the s
+    queries being the last s of t positions; differentiable in out (lse is not).
+    triton: the forward kernel's own lse (float32). naive / sdpa: the output from that
+    backend and lse from the explicit scores (``naive_lse``: float32, float64 for
+    float64 inputs; O(s t) memory); cu_seqlens is triton's only."""
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-    bounds = None if cu_seqlens is None else op.sequence_bounds(cu_seqlens, q.shape[1])
-    return op._attn_fwd_op(q, k, v, C_rot, B_rot, g.to(G_DTYPE), lam.float().contiguous(), float(scale), bounds)
+    if backend == "triton":
+        op = backends.kernel("attention_op")
+        bounds = None if cu_seqlens is None else op.sequence_bounds(cu_seqlens, q.shape[1])
+        return op._attn_fwd_op(q, k, v, C_rot, B_rot, g.to(G_DTYPE), lam.float().contiguous(), float(scale),
+                               bounds)
+    out = attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=scale, backend=backend)
+    with torch.no_grad():
+        lse = naive_lse(q, k, C_rot, B_rot, g, lam, scale)
+    return out, lse
 
 
 def sisa_attn_func(q: Tensor, k: Tensor, v: Tensor, C: Tensor, B: Tensor, log_alpha: Tensor, theta: Tensor,
@@ -57,17 +57,18 @@ def sisa_attn_func(q: Tensor, k: Tensor, v: Tensor, C: Tensor, B: Tensor, log_al
 
     q (b, t, h, d); k, v (b, t, hk, d), hk divides h; C, B (b, t, h, n); log_alpha
     (b, t, h) <= 0; theta (b, t, h, n/2); lam (h,) > 0. Returns out (b, t, h, d), and
-    with return_lse also lse (b, h, t) float32 (natural log, as flash-attn's
-    softmax_lse; needs the triton backend).
+    with return_lse also lse (b, h, t) (natural log, as flash-attn's softmax_lse;
+    float32, float64 for float64 inputs on the naive / sdpa paths).
     """
-    backend = _lse_needs_triton(return_lse, backend, q.device)
+    _check_return_lse(return_lse)
     if not return_lse:
         return sisa_attention(q, k, v, C, B, log_alpha, theta, lam, softmax_scale=softmax_scale,
                               backend=backend, check_inputs=check_inputs)
     check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=check_inputs,
                            softmax_scale=softmax_scale)
-    C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend="triton", check_inputs=False)
-    return _attention_and_lse(q, k, v, C_rot, B_rot, g, lam, check_softmax_scale(softmax_scale))
+    backend = backends.resolve(backend, q.device, "attention", q.dtype)
+    C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend=_scan(backend), check_inputs=False)
+    return _attention_and_lse(q, k, v, C_rot, B_rot, g, lam, check_softmax_scale(softmax_scale), backend)
 
 
 def _cu(name: str, cu: Tensor) -> Tensor:
@@ -100,8 +101,8 @@ def sisa_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, C: Tensor, B: Tensor,
     cu_k[s+1]); its t_s keys are its whole sequence and its s_s <= t_s queries are the
     last s_s of them. g and Phi restart at each sequence; nothing attends across one.
     max_seqlen_q / max_seqlen_k: at least the longest sequence (checked). Returns out
-    (total_q, h, d), and with return_lse also lse (h, total_q) float32 (triton only,
-    and only when cu_seqlens_q equals cu_seqlens_k).
+    (total_q, h, d), and with return_lse also lse (h, total_q), each sequence's own
+    (float32, float64 for float64 inputs on the naive / sdpa paths).
     """
     cu_q, cu_k = _cu("cu_seqlens_q", cu_seqlens_q), _cu("cu_seqlens_k", cu_seqlens_k)
     for name, x, dims in (("q", q, 3), ("k", k, 3), ("v", v, 3), ("C", C, 3), ("B", B, 3),
@@ -112,7 +113,7 @@ def sisa_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, C: Tensor, B: Tensor,
     if cu_q.shape != cu_k.shape:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must both have n_seqs + 1 entries, "
                          f"got {tuple(cu_q.shape)} and {tuple(cu_k.shape)}")
-    backend = _lse_needs_triton(return_lse, backend, q.device)
+    _check_return_lse(return_lse)
     segments_k = check_cu_seqlens(cu_k, k.shape[0], 1)            # one host sync each
     segments_q = check_cu_seqlens(cu_q, q.shape[0], 1)
     lens_q, lens_k = [b - a for a, b in segments_q], [b - a for a, b in segments_k]
@@ -123,33 +124,41 @@ def sisa_attn_varlen_func(q: Tensor, k: Tensor, v: Tensor, C: Tensor, B: Tensor,
             raise ValueError(f"sequence {i} has {s} queries but {t} keys; queries must be the last "
                              "s <= t positions of their sequence")
     packed = [x[None] for x in (k, v, C, B, log_alpha, theta)]
-    if lens_q == lens_k:                                          # every position a query
-        if not return_lse:
-            return sisa_attention(q[None], *packed, lam, softmax_scale=softmax_scale, backend=backend,
-                                  cu_seqlens=cu_k, check_inputs=check_inputs)[0]
-        check_attention_inputs(q[None], *packed, lam, check_values=check_inputs, softmax_scale=softmax_scale)
-        C_rot, B_rot, g, _ = ssm_importance_scan(*packed[2:], backend="triton", cu_seqlens=cu_k,
-                                                 check_inputs=False)
-        out, lse = _attention_and_lse(q[None], packed[0], packed[1], C_rot, B_rot, g, lam,
-                                      check_softmax_scale(softmax_scale), cu_seqlens=cu_k)
-        return out[0], lse[0]
-    if return_lse:
-        raise NotImplementedError("return_lse with fewer queries than keys is not implemented")
-    # Queries shorter than keys: shapes and values as for the whole (1, total_k) input,
-    # q's (h, d) checked through a stand-in of k's length; then one call per sequence.
+    if lens_q == lens_k and not return_lse:                       # every position a query
+        return sisa_attention(q[None], *packed, lam, softmax_scale=softmax_scale, backend=backend,
+                              cu_seqlens=cu_k, check_inputs=check_inputs)[0]
+    # Shapes and values as for the whole (1, total_k) input, q's (h, d) checked through
+    # a stand-in of k's length.
     stand_in = q.new_empty(1).expand(1, k.shape[0], *q.shape[1:])
     check_attention_inputs(stand_in, *packed, lam, check_values=check_inputs, softmax_scale=softmax_scale)
     scale = check_softmax_scale(softmax_scale)
-    outs = []
+    backend = backends.resolve(backend, q.device, "attention", q.dtype)
+    if lens_q == lens_k and backend == "triton":                  # one launch set for every sequence
+        C_rot, B_rot, g, _ = ssm_importance_scan(*packed[2:], backend="triton", cu_seqlens=cu_k,
+                                                 check_inputs=False)
+        out, lse = _attention_and_lse(q[None], packed[0], packed[1], C_rot, B_rot, g, lam, scale, backend,
+                                      cu_seqlens=cu_k)
+        return out[0], lse[0]
+    # Otherwise one call per sequence, its queries the last s of its t positions.
+    outs, lses = [], []
     for (q0, q1), (k0, k1) in zip(segments_q, segments_k):
         if q1 == q0:
             continue
         C_rot, B_rot, g, _ = ssm_importance_scan(*(x[:, k0:k1] for x in packed[2:]), backend=_scan(backend),
                                                  check_inputs=False)
-        outs.append(attention_from_scan(q[None, q0:q1], packed[0][:, k0:k1], packed[1][:, k0:k1],
-                                        C_rot[:, (k1 - k0) - (q1 - q0):], B_rot, g, lam,
-                                        softmax_scale=scale, backend=backend)[0])
-    return torch.cat(outs) if outs else q.new_empty(q.shape)
+        args = (q[None, q0:q1], packed[0][:, k0:k1], packed[1][:, k0:k1], C_rot[:, (k1 - k0) - (q1 - q0):],
+                B_rot, g, lam)
+        if return_lse:
+            out, lse = _attention_and_lse(*args, scale, backend)
+            outs.append(out[0])
+            lses.append(lse[0])
+        else:
+            outs.append(attention_from_scan(*args, softmax_scale=scale, backend=backend)[0])
+    out = torch.cat(outs) if outs else q.new_empty(q.shape)
+    if not return_lse:
+        return out
+    lse_dtype = torch.float64 if q.dtype == torch.float64 and backend != "triton" else torch.float32
+    return out, (torch.cat(lses, dim=1) if lses else q.new_empty(q.shape[1], 0, dtype=lse_dtype))
 
 
 def _scan(backend: str) -> str:

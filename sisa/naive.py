@@ -99,6 +99,31 @@ def naive_scan(C, B, log_alpha, theta, initial_state=None):
     return C_rot, B_rot, g, final
 
 
+def naive_scores(q, k, C_rot, B_rot, g, lam, softmax_scale=None, upcast=True, key_mask=None):
+    """The explicit causal score matrix of naive_attention (same arguments, no v):
+    (score (b, h, s, t) with -inf where j > i or a masked key, causal (s, t) or
+    (b, 1, s, t) bool: the entries a row may attend)."""
+    b, s, h, d = q.shape
+    t, hk = k.shape[1], k.shape[2]
+    sd = state_dtype(q.dtype) if upcast else q.dtype
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    kk = k.to(sd).repeat_interleave(h // hk, dim=2)
+    content = torch.einsum("bihd,bjhd->bhij", q.to(sd), kk) * scale
+    gk = g.to(G_DTYPE).transpose(1, 2)                             # (b, h, t)
+    gq = gk[:, :, t - s:]                                          # (b, h, s)
+    causal = torch.ones(s, t, dtype=torch.bool, device=q.device).tril(diagonal=t - s)
+    if key_mask is not None:                                       # (b, 1, s, t): pads only see themselves
+        own = torch.arange(t, device=q.device)[None, :] == torch.arange(t - s, t, device=q.device)[:, None]
+        causal = causal & (key_mask[:, None, None, :] | own)
+    # exp(min(g_i - g_j, 0)): the min guards cumsum rounding; masked entries stay finite.
+    # The difference is taken in float64, the exp in float32 (float64 for float64).
+    expo = (gq[:, :, :, None] - gk[:, :, None, :]).clamp(max=0).masked_fill(~causal, 0)
+    decay = torch.exp(expo.to(state_dtype(q.dtype))).to(sd)
+    ssm = torch.einsum("bihn,bjhn->bhij", C_rot.to(sd), B_rot.to(sd))
+    score = content + lam.to(sd)[None, :, None, None] * decay * ssm
+    return score.masked_fill(~causal, float("-inf")), causal
+
+
 def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=True, key_mask=None):
     """Causal SISA attention from the scan's outputs, with an explicit score matrix.
 
@@ -113,29 +138,18 @@ def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=Tr
     attended, except by the query at its own position, so no row is empty and no
     NaN appears (callers discard pad queries' rows).
     """
-    b, s, h, d = q.shape
-    t, hk = k.shape[1], k.shape[2]
-    sd = state_dtype(q.dtype) if upcast else q.dtype
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
-    rep = h // hk
-    kk = k.to(sd).repeat_interleave(rep, dim=2)
-    vv = v.to(sd).repeat_interleave(rep, dim=2)
-    content = torch.einsum("bihd,bjhd->bhij", q.to(sd), kk) * scale
-    gk = g.to(G_DTYPE).transpose(1, 2)                             # (b, h, t)
-    gq = gk[:, :, t - s:]                                          # (b, h, s)
-    causal = torch.ones(s, t, dtype=torch.bool, device=q.device).tril(diagonal=t - s)
-    if key_mask is not None:                                       # (b, 1, s, t): pads only see themselves
-        own = torch.arange(t, device=q.device)[None, :] == torch.arange(t - s, t, device=q.device)[:, None]
-        causal = causal & (key_mask[:, None, None, :] | own)
-    # exp(min(g_i - g_j, 0)): the min guards cumsum rounding; masked entries stay finite.
-    # The difference is taken in float64, the exp in float32 (float64 for float64).
-    expo = (gq[:, :, :, None] - gk[:, :, None, :]).clamp(max=0).masked_fill(~causal, 0)
-    decay = torch.exp(expo.to(state_dtype(q.dtype))).to(sd)
-    ssm = torch.einsum("bihn,bjhn->bhij", C_rot.to(sd), B_rot.to(sd))
-    score = content + lam.to(sd)[None, :, None, None] * decay * ssm
-    score = score.masked_fill(~causal, float("-inf"))
+    score, causal = naive_scores(q, k, C_rot, B_rot, g, lam, softmax_scale, upcast, key_mask)
+    vv = v.to(score.dtype).repeat_interleave(q.shape[2] // k.shape[2], dim=2)
     p = torch.softmax(score, dim=-1)
     return weighted_values(p, vv, causal, score).to(q.dtype)
+
+
+def naive_lse(q, k, C_rot, B_rot, g, lam, softmax_scale=None):
+    """The softmax's log-sum-exp of every query row, natural log: (b, h, s), float32
+    (float64 for float64 inputs); arguments as naive_attention's. What flash-attn
+    returns as softmax_lse; memory O(s t) per (batch, head), as the naive path."""
+    score, _ = naive_scores(q, k, C_rot, B_rot, g, lam, softmax_scale)
+    return torch.logsumexp(score, dim=-1)
 
 
 def weighted_values(p, v, causal, score):

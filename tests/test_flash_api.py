@@ -62,27 +62,51 @@ def reference_lse(q, k, v, C, B, log_alpha, theta, lam, scale):
     return score.masked_fill(~causal, -math.inf).logsumexp(-1)
 
 
-def test_return_lse():
-    x, lam = packed_inputs([13], torch.float32)
+def lse_backends():
+    """Every backend that runs here; triton only where its kernels do (printed reason)."""
+    names = ["naive", "sdpa"]
+    if "triton" in sisa.available_backends(DEVICE):
+        names.append("triton")
+    else:
+        print(f"return_lse on triton not checked here: {sisa.backends.triton_unavailable_reason(DEVICE)}")
+    return names
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_return_lse(dtype):
+    """lse (natural log) of the dense, packed and shorter-query faces on every backend
+    against the float64 explicit-score reference; the output with it equals the output
+    without it."""
+    x, lam = packed_inputs([13], dtype)
     args = [z[None].to(DEVICE) for z in x] + [lam.to(DEVICE)]
-    with pytest.raises(NotImplementedError, match="return_lse"):
-        sisa.sisa_attn_func(*args, return_lse=True, backend="sdpa")
-    if "triton" not in sisa.available_backends(DEVICE):
-        pytest.skip(f"return_lse needs the Triton kernel: {sisa.backends.triton_unavailable_reason(DEVICE)}")
-    out, lse = sisa.sisa_attn_func(*args, softmax_scale=0.5, return_lse=True, backend="triton")
-    ref = reference_lse(*args, 0.5)
-    assert lse.shape == (1, H, 13) and lse.dtype == torch.float32
-    torch.testing.assert_close(lse.double().cpu(), ref.cpu(), rtol=1e-5, atol=1e-5)
-    ref_out = naive_sisa_attention(*(z.double() for z in args), softmax_scale=0.5)
-    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-5)
-    # varlen: lse (h, total), each sequence's own
-    cu = torch.tensor([0, 5, 13], device=DEVICE)
-    out, lse = sisa.sisa_attn_varlen_func(*(z.to(DEVICE) for z in x), lam.to(DEVICE), cu, cu, 8, 8,
-                                          return_lse=True, backend="triton")
-    assert lse.shape == (H, 13)
-    for a, b in ((0, 5), (5, 13)):
-        ref = reference_lse(*(z[None, a:b].to(DEVICE) for z in x), lam.to(DEVICE), D ** -0.5)[0]
-        torch.testing.assert_close(lse[:, a:b].double().cpu(), ref.cpu(), rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    for backend in lse_backends():
+        if backend == "triton" and dtype == torch.float64:
+            continue                        # the kernels compute in float32 (tested in float32)
+        out, lse = sisa.sisa_attn_func(*args, softmax_scale=0.5, return_lse=True, backend=backend)
+        ref = reference_lse(*args, 0.5)
+        assert lse.shape == (1, H, 13) and lse.dtype in (torch.float32, dtype), backend
+        torch.testing.assert_close(lse.double().cpu(), ref.cpu(), rtol=tol, atol=tol)
+        torch.testing.assert_close(out, sisa.sisa_attn_func(*args, softmax_scale=0.5, backend=backend))
+        # varlen: lse (h, total), each sequence's own; then queries shorter than keys
+        xs, cu = [z.to(DEVICE) for z in x], torch.tensor([0, 5, 13], device=DEVICE)
+        out, lse = sisa.sisa_attn_varlen_func(*xs, lam.to(DEVICE), cu, cu, 8, 8, return_lse=True, backend=backend)
+        assert lse.shape == (H, 13), backend
+        refs = [reference_lse(*(z[None, a:b] for z in xs), lam.to(DEVICE), D ** -0.5)[0] for a, b in ((0, 5), (5, 13))]
+        torch.testing.assert_close(lse.double().cpu(), torch.cat(refs, 1).cpu(), rtol=tol, atol=tol)
+        q_last = torch.cat([xs[0][3:5], xs[0][10:13]])                 # the last 2 and 3 positions
+        cu_q = torch.tensor([0, 2, 5], device=DEVICE)
+        out, lse = sisa.sisa_attn_varlen_func(q_last, *xs[1:], lam.to(DEVICE), cu_q, cu, 3, 8, return_lse=True,
+                                              backend=backend)
+        assert out.shape == (5, H, D) and lse.shape == (H, 5), backend
+        want = torch.cat([refs[0][:, 3:], refs[1][:, 5:]], 1)
+        torch.testing.assert_close(lse.double().cpu(), want.cpu(), rtol=tol, atol=tol)
+
+
+def test_return_lse_must_be_a_bool():
+    x, lam = packed_inputs([5], torch.float32)
+    with pytest.raises(TypeError, match="return_lse"):
+        sisa.sisa_attn_func(*(z[None] for z in x), lam, return_lse=1)
 
 
 @pytest.mark.parametrize("cu_dtype", [torch.int32, torch.int64])
