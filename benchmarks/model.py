@@ -55,7 +55,7 @@ from sisa.model import PRESETS
 from . import model_report
 from .model_forms import FORMS, build_models, checkpointing_unsupported, decode_step, prefill_step, train_step
 from .model_gate import check_form
-from .run import RESULTS, _have_matplotlib, _ints, _slug, machine_info
+from .run import RESULTS, _ints, _slug, machine_info, plot_unavailable
 from .timing import peak_memory_mb as cuda_peak_memory_mb, pinned_threads
 
 # name: (SISAConfig fields, Transformer d_ff, train (b, t), prefill t's, decode T's, decode batches)
@@ -292,9 +292,7 @@ def header(args, machine, config, params, load) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.no_plot and not _have_matplotlib():
-        print("benchmarks.model: the plot needs matplotlib, from the [bench] extra: pip install 'sisa[bench]' "
-              "(or pip install -e '.[bench]' in a checkout), or pass --no-plot", file=sys.stderr)
+    if not args.no_plot and plot_unavailable("benchmarks.model"):
         return 2
     with pinned_threads(args.threads):
         return _run(args, argv)

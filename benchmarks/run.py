@@ -321,19 +321,21 @@ def _write_json(path: Path, payload):
     os.replace(tmp, path)
 
 
-def _have_matplotlib() -> bool:
+def plot_unavailable(prog: str) -> bool:
+    """Whether the plot's matplotlib (the [bench] extra) is missing; if so, say how to
+    install it, before anything runs."""
     try:
-        import matplotlib  # noqa: F401  (the [bench] extra)
+        import matplotlib  # noqa: F401
     except ImportError:
-        return False
-    return True
+        print(f"{prog}: the plot needs matplotlib, from the [bench] extra: pip install 'sisa[bench]' "
+              "(or pip install -e '.[bench]' in a checkout), or pass --no-plot", file=sys.stderr)
+        return True
+    return False
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.no_plot and not _have_matplotlib():
-        print("sisa-bench: the plot needs matplotlib, from the [bench] extra: pip install 'sisa[bench]' "
-              "(or pip install -e '.[bench]' in a checkout), or pass --no-plot", file=sys.stderr)
+    if not args.no_plot and plot_unavailable("sisa-bench"):
         return 2
     with pinned_threads(args.threads):
         return _sweep(args)
