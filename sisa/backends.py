@@ -10,6 +10,8 @@ import os
 
 import torch
 
+from sisa_kernels.errors import KernelLaunchError  # noqa: F401  (no Triton import: the fused paths' fallback signal)
+
 BACKENDS = ("naive", "sdpa", "triton")
 
 

@@ -44,9 +44,12 @@ def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="
     backend = backends.resolve(backend, C.device, "scan")
     if backend == "triton":
         g0, phi0 = initial_state if initial_state is not None else (None, None)
-        C_rot, B_rot, g, g_last, phi_last = backends.kernel("scan").ssm_scan(
-            C, B, log_alpha, theta, g0, phi0, cu_seqlens=cu_seqlens)
-        return C_rot, B_rot, g, (g_last, phi_last)
+        try:
+            C_rot, B_rot, g, g_last, phi_last = backends.kernel("scan").ssm_scan(
+                C, B, log_alpha, theta, g0, phi0, cu_seqlens=cu_seqlens)
+            return C_rot, B_rot, g, (g_last, phi_last)
+        except backends.KernelLaunchError as exc:     # no config launches on this GPU
+            exc.warn_once("the naive scan")
     if cu_seqlens is None:
         return naive_scan(C, B, log_alpha, theta, initial_state)
     return _packed_naive_scan(C, B, log_alpha, theta, initial_state,
@@ -78,10 +81,26 @@ def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, ba
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     if backend == "naive":
         return naive_attention(q, k, v, C_rot, B_rot, g, lam, scale)
-    if backend == "sdpa":
+    if backend == "triton":
+        try:
+            return backends.kernel("attention_op").sisa_attn(q, k, v, C_rot, B_rot, g.float(), lam.float(), scale,
+                                                             cu_seqlens=cu_seqlens)
+        except backends.KernelLaunchError as exc:     # no config launches on this GPU
+            exc.warn_once("the exact sdpa path")
+        if cu_seqlens is not None:
+            parts = zip(*(split_sequences(x, check_cu_seqlens(cu_seqlens, q.shape[1], 1))
+                          for x in (q, k, v, C_rot, B_rot, g)))
+            return torch.cat([exact_sdpa(*p, lam, scale) for p in parts], dim=1)  # t > 0: a sequence
+    return exact_sdpa(q, k, v, C_rot, B_rot, g, lam, scale)
+
+
+def exact_sdpa(q, k, v, C_rot, B_rot, g, lam, scale):
+    """sdpa_attention, without its fused Triton epilogue when that cannot launch."""
+    try:
         return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale)
-    attn = backends.kernel("attention_op").sisa_attn
-    return attn(q, k, v, C_rot, B_rot, g.float(), lam.float(), scale, cu_seqlens=cu_seqlens)
+    except backends.KernelLaunchError as exc:
+        exc.warn_once("the PyTorch Qhat/Khat build")
+        return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale, fused_augment=False)
 
 
 def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, backend="auto",
