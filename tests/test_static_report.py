@@ -66,6 +66,15 @@ def test_committed_reports_are_current():
                        "benchmarks.static --jobs 2` (it skips the current ones)")
 
 
+def test_a_table_edit_stales_its_family_only(monkeypatch):
+    from sisa_kernels.configs import sm90
+    before = {arch: report.fingerprint(arch, "bf16") for arch in ("sm_90", "sm_80")}
+    fp32 = report.fingerprint("sm_90", "fp32")
+    monkeypatch.setattr(sm90, "ATTENTION", {**sm90.ATTENTION, ("fwd", 64, 16): [(32, 16, 4, 2)]})
+    assert report.fingerprint("sm_90", "bf16") != before["sm_90"]
+    assert report.fingerprint("sm_80", "bf16") == before["sm_80"] and report.fingerprint("sm_90", "fp32") == fp32
+
+
 def test_each_target_names_its_family():
     from sisa_kernels.configs import device
     for t in TARGETS.values():

@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from . import device, sm80, sm86, sm90, sm100, sm120
+from . import device, sm80, sm86, sm90, sm100, sm120  # noqa: F401
 from .device import family_of
 
 TABLES = {"sm80": sm80, "sm86": sm86, "sm90": sm90, "sm100": sm100, "sm120": sm120}
@@ -104,5 +104,5 @@ def launch_family(dev) -> str | None:
     return None if interpreting() else family_of(dev)
 
 
-from . import launch as launch_module  # noqa: E402  (it uses the helpers above)
+from . import launch as launch_module  # noqa: E402,F401  (it uses the helpers above)
 from .launch import autotuned, launch, run  # noqa: E402,F401
