@@ -77,8 +77,14 @@ def _git_commit():
         return None
 
 
-def stem_of(arch, dtype, quick=False, device=False):
-    return TARGETS[arch].stem + f"_{dtype}" + ("_quick" if quick else "") + ("_device" if device else "")
+def stem_of(arch, dt, args):
+    """The files' name: ``sm80_fp32``, plus ``_quick``, ``_custom`` (a subset of families,
+    other dims, states or shapes: never read as the full report) or ``_device``."""
+    default = (tuple(args.dims), tuple(args.states)) in ((DIMS, STATES), (QUICK_DIMS, QUICK_STATES))
+    custom = (args.families or not default or args.seqlen != Shape.seqlen or args.heads != Shape.heads
+              or args.kv_heads)
+    return (TARGETS[arch].stem + f"_{dt}" + ("_quick" if args.quick else "") + ("_custom" if custom else "")
+            + ("_device" if args.device else ""))
 
 
 def _current(path: Path, fp: str, args) -> bool:
@@ -144,7 +150,7 @@ def main(argv=None):
     pairs, tasks, fps = [], {}, {}
     for arch in arches:
         for dt in args.dtypes:
-            stem = stem_of(arch, dt, args.quick, args.device)
+            stem = stem_of(arch, dt, args)
             fp = fps[stem] = report.fingerprint(arch, dt)
             if not args.force and not args.device and _current(args.out / f"{stem}.json", fp, args):
                 print(f"benchmarks.static: {stem} is current (fingerprint {fp}); skipped", file=sys.stderr)
