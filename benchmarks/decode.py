@@ -32,9 +32,9 @@ TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}   # relat
 
 def make_cache(b, T, h, hk, d, n, dtype, device, gen):
     """Inputs of a decode step: q (b, 1, h, d), cache k, v (b, T, hk, d), C_rot (b, 1, h, n),
-    B_rot (b, T, h, n), g (b, T, h) float32 (decay ~0.0067/token), lam (h,)."""
+    B_rot (b, T, h, n), g (b, T, h) float64 as the scan makes it (decay ~0.0067/token), lam (h,)."""
     r = lambda *s: torch.randn(*s, generator=gen, device=device).to(dtype)  # noqa: E731
-    g = torch.cumsum(-0.0134 * torch.rand(b, T, h, generator=gen, device=device), dim=1)
+    g = torch.cumsum(-0.0134 * torch.rand(b, T, h, generator=gen, device=device), dim=1).double()
     lam = 0.2 + torch.rand(h, generator=gen, device=device)
     return r(b, 1, h, d), r(b, T, hk, d), r(b, T, hk, d), r(b, 1, h, n), r(b, T, h, n), g, lam
 

@@ -21,15 +21,19 @@
 #              n=16, bf16, fwd and fwd+bwd), python -m benchmarks.run --kv-heads 8
 #   7. ratio : triton vs flash attention in alternating pairs (bf16,    -> $OUT/ratio/, $OUT/ratio.log
 #              t=8192, 16 heads, d=128, n=16), python -m benchmarks.ratio
-#   8. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
+#   8. model : whole-model training/prefill/decode throughput of SISA, -> $OUT/model/, $OUT/model.log
+#              the Transformer (flash-attn when importable) and the paper's form at
+#              152M, bf16 autocast, train 8x2048, decode at an 8K cache (batch 1 and
+#              16), python -m benchmarks.model (its float64 gate first; --budget-s)
+#   9. bench : the default GPU sweep, python -m benchmarks.run          -> $OUT/bench/, $OUT/bench.log
 #              with --budget-s so it stops timing in time to write its report;
 #              results.json is rewritten after every row, so even a kill keeps data.
-# All eight fit in TOTAL_S seconds (default 560, under the device tool's 600 s per call).
+# All nine fit in TOTAL_S seconds (default 560, under the device tool's 600 s per call).
 set -u
 
 OUT=${OUT:-benchmarks/results/scratch/gpu-check}
 TOTAL_S=${TOTAL_S:-560}
-TESTS_S=${TESTS_S:-180}
+TESTS_S=${TESTS_S:-150}
 BENCH_ARGS=${BENCH_ARGS:-}           # e.g. "--d-state 16 --dtype bf16" to narrow the sweep
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -80,17 +84,20 @@ EOF'
 
 stage tests "$TESTS_S" 40 python -m pytest tests -q -p no:cacheprovider
 
-stage static 75 25 python -m benchmarks.static --device --quick --jobs 8 --out "$OUT/static"
+stage static 60 25 python -m benchmarks.static --device --quick --jobs 8 --out "$OUT/static"
 
-stage decode 45 12 python -m benchmarks.decode --out "$OUT/decode"
+stage decode 40 12 python -m benchmarks.decode --out "$OUT/decode"
 
-stage varlen 45 12 python -m benchmarks.varlen --out "$OUT/varlen"
+stage varlen 40 12 python -m benchmarks.varlen --out "$OUT/varlen"
 
-stage gqa 45 16 python -m benchmarks.run --seqlens 4096 --d-head 128 --d-state 16 --dtype bf16 --heads 32 \
+stage gqa 40 16 python -m benchmarks.run --seqlens 4096 --d-head 128 --d-state 16 --dtype bf16 --heads 32 \
     --kv-heads 8 --providers plain,sdpa,triton --budget-s 30 --no-plot --out "$OUT/gqa"
 
-stage ratio 45 20 python -m benchmarks.ratio --provider triton --dtype bf16 --seqlen 8192 --batch 2 \
+stage ratio 40 20 python -m benchmarks.ratio --provider triton --dtype bf16 --seqlen 8192 --batch 2 \
     --heads 16 --d-head 128 --d-state 16 --rounds 2 --pairs 20 --out "$OUT/ratio"
+
+stage model 80 40 python -m benchmarks.model --preset 152M --amp bf16 --prefill 2048,8192 --cache-lens 8192 \
+    --decode-batches 1,16 --rounds 3 --budget-s 50 --no-plot --out "$OUT/model"
 
 LEFT=$((TOTAL_S - (SECONDS - START) - 10))
 BUDGET=$((LEFT - 75))                 # stop timing early enough to write results.md/png

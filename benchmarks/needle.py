@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks import needle_data as nd
-from benchmarks.retrieval import machine
-from benchmarks.retrieval_train import MODELS, model_configs, optimizer, optimizer_step
+from . import needle_data as nd
+from .retrieval import machine
+from .retrieval_train import MODELS, model_configs, optimizer, optimizer_step
 import sisa
 
 DEFAULT_OUT = Path("benchmarks/results/needle_cpu")

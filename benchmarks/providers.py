@@ -10,6 +10,25 @@ A provider is one implementation of one operation, with the inputs it reads:
 the differentiable outputs the backward pass is driven from. ``check`` is True in
 the correctness gate (the public ops validate values, one host sync) and False
 when timing. The judge for each kind lives in ``benchmarks.gate``.
+
+Adding a provider (as with ``triton.testing.perf_report``'s line_vals, the list is
+data): write ``run(inputs, check) -> tuple`` for one of the kinds above, and add
+``Provider(name, kind, run, impl, unsupported)`` to ``PROVIDERS`` at the bottom of
+this file. ``impl(device, dtype)`` says in words what runs; ``unsupported(shape,
+device, naive_max_t)`` returns None or the reason it cannot run here (a missing
+package, no GPU), which the sweep reports instead of timing it. Every command
+(``benchmarks.run``, ``benchmarks.ratio``'s --provider, the pytest suite) picks it up
+by name, and the gate judges it by its kind: a "plain" provider must compute plain
+causal softmax attention (scale 1/sqrt(d)), a "sisa" one SISA attention.
+
+Plain-causal baselines beside PyTorch SDPA and flash-attn: ``flex`` (PyTorch
+FlexAttention with a causal block mask, compiled) and ``fla-forgetting`` (fla's
+``parallel_forgetting_attn``, softmax attention with a data-dependent decay bias,
+the nearest published relative of SISA). Both are GPU providers: on a CPU, or when
+the package does not import, they are reported as unsupported with the reason. The
+forgetting attention runs with a zero log forget gate, so that it computes plain
+causal attention and the plain judge applies; its kernel's work does not depend on
+the gate's values.
 """
 from __future__ import annotations
 
@@ -158,6 +177,63 @@ def _plain(x, check):
     return (o.transpose(1, 2),)
 
 
+def _flex_unsupported(shape, device, naive_max_t):
+    if device.type != "cuda":
+        return "FlexAttention is a GPU provider here (on a CPU it runs unfused unless inductor compiles it)"
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except Exception as exc:
+        return f"torch.nn.attention.flex_attention not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+_FLEX: dict = {}   # "fn": the compiled flex_attention; (t, device): its causal block mask
+
+
+def _flex(x, check):
+    """FlexAttention with a causal block mask: compiled on CUDA, eager elsewhere (tests)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    q, k, v = (y.transpose(1, 2) for y in (x["q"], x["k"], x["v"]))
+    t, dev = q.shape[2], q.device
+    if (t, dev) not in _FLEX:
+        _FLEX[(t, dev)] = create_block_mask(lambda b, h, i, j: i >= j, None, None, t, t, device=dev)
+    fn = flex_attention
+    if dev.type == "cuda":
+        fn = _FLEX.setdefault("fn", torch.compile(flex_attention, dynamic=False))
+    o = fn(q, k, v, block_mask=_FLEX[(t, dev)], enable_gqa=k.shape[1] != q.shape[1])
+    return (o.transpose(1, 2),)
+
+
+def _fla_forgetting_attn():
+    """(fla.ops.forgetting_attn.parallel_forgetting_attn or None, why not)."""
+    try:
+        from fla.ops.forgetting_attn import parallel_forgetting_attn
+    except Exception as exc:   # not installed, or built for another torch/Triton
+        return None, f"fla not importable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return parallel_forgetting_attn, None
+
+
+def _fla_unsupported(shape, device, naive_max_t):
+    if device.type != "cuda":
+        return "fla's forgetting attention is Triton-only: a GPU provider"
+    return _fla_forgetting_attn()[1]
+
+
+def _fla_forgetting(x, check):
+    """fla's forgetting attention with log forget gate 0 (= plain causal attention)."""
+    q = x["q"]
+    g = q.new_zeros(q.shape[:3], dtype=torch.float32)          # (b, t, h)
+    return (_fla_forgetting_attn()[0](q, x["k"], x["v"], g),)
+
+
+def _fla_impl(device, dtype):
+    fn = _fla_forgetting_attn()[0]
+    if fn is None:
+        return "fla.ops.forgetting_attn.parallel_forgetting_attn (not importable)"
+    import fla
+    return f"fla {getattr(fla, '__version__', '?')} parallel_forgetting_attn, log forget gate 0"
+
+
 # --- the scan alone ----------------------------------------------------------------------
 
 def _scan(backend):
@@ -170,6 +246,9 @@ def _scan(backend):
 
 PROVIDERS = {p.name: p for p in (
     Provider("plain", "plain", _plain, lambda dev, dt: _plain_backend(dev, dt)[0]),
+    Provider("flex", "plain", _flex, lambda dev, dt: "torch FlexAttention, causal block mask, torch.compile",
+             _flex_unsupported),
+    Provider("fla-forgetting", "plain", _fla_forgetting, _fla_impl, _fla_unsupported),
     Provider("naive", "sisa", _naive, lambda dev, dt: "sisa.naive (explicit t x t scores)", _naive_limit),
     Provider("sdpa-paper", "sisa", _paper, _paper_impl),
     Provider("sdpa", "sisa", _public("sdpa"), lambda dev, dt: "sisa_attention(backend='sdpa')"),

@@ -2,6 +2,7 @@
 
     python -m benchmarks.ratio                    # sdpa vs plain: t=2048, 8 heads, d=64, n=16, fp32
     python -m benchmarks.ratio --provider triton --dtype bf16 --seqlen 8192 --out /tmp/ratio
+    python -m benchmarks.ratio --threads 1        # pin torch's CPU threads (default: torch's own)
 
 The sweep (``benchmarks.run``) times each provider in its own block, so a slow
 spell of a shared machine lands on one side of a ratio. Here the two calls
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="independent rounds (fresh warm-up each)")
     p.add_argument("--decay-bias", type=float, default=-5.0, help="as in benchmarks.run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default torch's own, as benchmarks.run's; "
+                   "1 keeps a shared machine's timings sane)")
     p.add_argument("--out", type=Path, help="also write ratio.json and ratio.md here")
     args = p.parse_args(argv)
     args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
@@ -54,6 +57,8 @@ def parse_args(argv=None):
         p.error(f"--modes must be from {MODES}")
     if args.d_state % 2:
         p.error("--d-state must be even")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
     return args
 
 
@@ -128,7 +133,7 @@ def measure(args):
 
 def to_markdown(machine, shape, args, rows) -> str:
     lines = [f"# {args.provider} vs plain causal SDPA, paired", "",
-             f"{machine['gpu'] or machine['cpu']} ({machine['cpu_threads']} threads), torch {machine['torch']}, "
+             f"{machine['gpu'] or machine['cpu']} (torch threads {machine['cpu_threads']}), torch {machine['torch']}, "
              f"{machine['time']}. b={shape.batch}, t={shape.seqlen}, h={shape.heads}, d={shape.d_head}, "
              f"n={shape.d_state}, {args.dtype}; {args.pairs} alternating pairs per round.", "",
              "| mode | round | ratio (median) | IQR | sisa ms | plain ms | gate err |",
@@ -145,7 +150,20 @@ def to_markdown(machine, shape, args, rows) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args) -> int:
     machine = machine_info(args.device)
+    print(f"benchmarks.ratio: {args.provider} vs plain on {machine['gpu'] or machine['cpu']}, torch threads "
+          f"{machine['cpu_threads']} ({'--threads' if args.threads else 'torch default'})",
+          file=sys.stderr, flush=True)
     shape, rows = measure(args)
     md = to_markdown(machine, shape, args, rows)
     print(md)

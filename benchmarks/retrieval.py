@@ -38,9 +38,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import retrieval_report as report
-from benchmarks.retrieval_data import eval_set
-from benchmarks.retrieval_train import MODELS, RunConfig, build_models, train
+from . import retrieval_report as report
+from .retrieval_data import eval_set
+from .retrieval_train import MODELS, RunConfig, build_models, train
 
 DEFAULT_OUT = Path("benchmarks/results/retrieval_cpu")
 SMOKE = dict(d_model=32, n_heads=2, d_ff=128, d_state=8, steps=20, batch_size=16, warmup=5,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import sisa
-from benchmarks.retrieval_data import RetrievalBatch, RetrievalTask, batches
+from .retrieval_data import RetrievalBatch, RetrievalTask, batches
 
 MODELS = ("sisa", "transformer")
 

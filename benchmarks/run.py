@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import itertools
 import json
 import os
@@ -74,7 +75,9 @@ README_TABLE = ("AMD EPYC, 2 torch threads, heads 8/kv heads 8, b*t = 2048 at t 
                 "d_head 64, d_state 16, --rep-ms 150",
                 "python -m benchmarks.run --seqlens 256,512,1024,2048 --d-head 64 --d-state 16 "
                 "--providers plain,sdpa,sdpa-paper,naive,scan-naive")
-RESULTS = Path(__file__).parent / "results"
+# Relative to the current directory (a checkout's root: the committed folder), never
+# inside an installed package.
+RESULTS = Path("benchmarks") / "results"
 
 # HBM bandwidth (bytes/s) by GPU name; the first substring that matches wins.
 GPU_BANDWIDTH = [("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
@@ -150,8 +153,9 @@ def batch_size(args, t):
 def plan(args):
     """The ordered list of (provider, mode, Shape). Loops, outer first: d_state, d_head,
     dtype, t, mode, so a --budget-s cut keeps whole curves over t for the first
-    d_state (list the headline value first). plain does not depend on d_state (run
-    with the first one), the scan not on d_head (run with the first one)."""
+    d_state (list the headline value first). plain-kind providers do not depend on
+    d_state (run with the first one), the scan not on d_head (run with the first one)."""
+    plains = [n for n in args.providers if PROVIDERS[n].kind == "plain"]
     attention = [n for n in args.providers if PROVIDERS[n].kind == "sisa"]
     scans = [n for n in args.providers if PROVIDERS[n].kind == "scan"]
     tasks = []
@@ -164,8 +168,8 @@ def plan(args):
                     def shape(d_head, d_state):
                         return Shape(b, t, args.heads, args.kv_heads, d_head, d_state, DTYPES[dt])
                     for mode in args.modes:
-                        if i_n == 0 and "plain" in args.providers:
-                            tasks.append(("plain", mode, shape(d, None)))
+                        if i_n == 0:
+                            tasks += [(name, mode, shape(d, None)) for name in plains]
                         tasks += [(name, mode, shape(d, n)) for name in attention]
                         if i_d == 0:
                             tasks += [(name, mode, shape(None, n)) for name in scans]
@@ -320,6 +324,10 @@ def _write_json(path: Path, payload):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        print("sisa-bench: the plot needs matplotlib, from the [bench] extra: pip install 'sisa[bench]' "
+              "(or pip install -e '.[bench]' in a checkout), or pass --no-plot", file=sys.stderr)
+        return 2
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

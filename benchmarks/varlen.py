@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 import sisa
-from benchmarks.cp import make_inputs as cp_inputs
-from benchmarks.run import fresh_folder, machine_info
-from benchmarks.timing import measure_ms
+from .cp import make_inputs as cp_inputs
+from .run import fresh_folder, machine_info
+from .timing import measure_ms
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}

@@ -9,9 +9,16 @@ import torch
 # The dtypes the ops compute in. q, k, v, C and B share one of them; log_alpha, theta
 # and lam may be any of them (they are used in float32, float64 for float64 inputs).
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# g = cumsum(log_alpha) is float32: its total must stay far inside float32's range
-# (3.4e38). Any decay past ~1e4 nats already forgets everything in every dtype.
-MAX_TOTAL_DECAY = 1e30
+# g = cumsum(log_alpha) is float64: its spacing at |g| = 1e9 is 1.2e-7 nats, so
+# below that differences of nearby tokens keep about float32 accuracy (docs/design.md
+# section 5). Any decay past ~1e4 nats already forgets everything in every dtype.
+MAX_TOTAL_DECAY = 1e9
+# Headroom for the other scalars the computation multiplies by (float32, whose
+# largest value is 3.4e38, for 16/32-bit inputs): softmax_scale within [1/MAX_SCALAR,
+# MAX_SCALAR], lam / softmax_scale (the SSM weight in softmax units: sdpa takes its
+# square root) at most MAX_SCALAR, and theta's total along t at most MAX_SCALAR. A float64
+# value past float32's range (lam 1e300, theta 1e39) would otherwise be inf there.
+MAX_SCALAR = 1e30
 
 
 def _tensor(name, x):
@@ -51,6 +58,9 @@ def check_softmax_scale(softmax_scale):
         raise TypeError(f"softmax_scale must be a real number or None, got {type(softmax_scale).__name__}")
     if not (math.isfinite(softmax_scale) and softmax_scale > 0):
         raise ValueError(f"softmax_scale must be finite and > 0 (a softmax temperature), got {softmax_scale}")
+    if not 1 / MAX_SCALAR <= softmax_scale <= MAX_SCALAR:
+        raise ValueError(f"softmax_scale must lie in [{1 / MAX_SCALAR:g}, {MAX_SCALAR:g}] (the scores are "
+                         f"computed in float32, whose largest value is 3.4e38), got {softmax_scale}")
     return float(softmax_scale)
 
 
@@ -75,8 +85,8 @@ def _log_alpha_flags(log_alpha, g0=None, packed=False):
     """Value checks of the decays (see _check_values): log_alpha <= 0 and not -inf
     (NaN passes through: NaN in, NaN out); the total decay along t of every (batch,
     head), from g0 (b, h) unless packed (one g0 row per sequence), within
-    MAX_TOTAL_DECAY so that the float32 g = g0 + cumsum(log_alpha) stays finite;
-    g0 finite."""
+    MAX_TOTAL_DECAY so that the float64 g = g0 + cumsum(log_alpha) keeps nearby
+    differences to float32 accuracy; g0 finite."""
     flags = []
     if log_alpha.numel():
         flags.append((((log_alpha > 0) | (log_alpha == float("-inf"))).any(), lambda: (
@@ -88,19 +98,37 @@ def _log_alpha_flags(log_alpha, g0=None, packed=False):
         flags.append(((total < -MAX_TOTAL_DECAY).any(), lambda: (
             f"log_alpha sums to {total.min().item():.4g} along the sequence for some (batch, head)"
             f"{' from initial_state[0] (g0)' if g0 is not None and not packed else ''}; the cumulative decay g is "
-            f"float32 and must stay above -{MAX_TOTAL_DECAY:g} (a per-token log-decay below -1e4 "
-            "already forgets everything in every dtype: clamp log_alpha there)")))
+            f"float64 and must stay above -{MAX_TOTAL_DECAY:g} for its differences to keep float32 accuracy "
+            "(a per-token log-decay below -1e4 already forgets everything in every dtype: clamp log_alpha there)")))
     if g0 is not None and g0.numel():
         flags.append((torch.isinf(g0).any(), lambda: "initial_state[0] (g0) must be finite"))
     return flags
 
 
-def _lam_flags(lam):
-    """lam > 0 and finite (NaN and inf fail)."""
+def _lam_flags(lam, scale=None):
+    """lam > 0 and finite (NaN and inf fail); with the softmax scale (a float), also
+    lam / scale <= MAX_SCALAR."""
     if not lam.numel():
         return []
-    return [((~(lam > 0) | torch.isinf(lam)).any(), lambda: (
+    flags = [((~(lam > 0) | torch.isinf(lam)).any(), lambda: (
         f"lam must be positive and finite (one scale per head), got {lam.tolist()}"))]
+    if scale is not None:
+        flags.append(((lam.to(torch.float64) / scale > MAX_SCALAR).any(), lambda: (
+            f"lam / softmax_scale must be at most {MAX_SCALAR:g} (the SSM term's weight against the softmax "
+            f"scale; it is used in float32, whose largest value is 3.4e38), got lam {lam.tolist()} with "
+            f"softmax_scale {scale:g}")))
+    return flags
+
+
+def _theta_flags(theta):
+    """Phi = cumsum(theta) stays finite: the total |theta| along t of every (batch,
+    head, pair) within MAX_SCALAR where it is finite (inf and NaN pass: NaN out)."""
+    if not theta.numel():
+        return []
+    total = torch.linalg.vector_norm(theta, 1, dim=1, dtype=torch.float64)
+    return [(((total > MAX_SCALAR) & torch.isfinite(total)).any(), lambda: (
+        f"theta's total |theta| along the sequence reaches {total[torch.isfinite(total)].max().item():.4g}; the "
+        f"cumulative phase Phi is float32 (for 16/32-bit inputs) and must stay within {MAX_SCALAR:g}"))]
 
 
 def _check_state(initial_state, rows, h, half_n, rows_name):
@@ -139,7 +167,7 @@ def check_scan_inputs(C, B, log_alpha, theta, initial_state=None, check_values=T
         named += [("initial_state[0] (g0)", g0), ("initial_state[1] (phi0)", phi0)]
     _same_device(named)
     if check_values:
-        _check_values(_log_alpha_flags(log_alpha, g0, packed=n_seqs is not None))
+        _check_values(_log_alpha_flags(log_alpha, g0, packed=n_seqs is not None) + _theta_flags(theta))
 
 
 def check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=True, softmax_scale=None):
@@ -172,13 +200,15 @@ def check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=Tr
     _shape("lam", lam, (h,), "(heads,)")
     _same_device([("q", q), ("k", k), ("v", v), ("C", C), ("lam", lam)])
     if check_values:
-        check_attention_values(log_alpha, lam)
+        check_attention_values(log_alpha, lam, theta=theta, scale=softmax_scale or 1 / math.sqrt(d))
 
 
-def check_attention_values(log_alpha, lam, probe_v=None):
-    """The value checks of log_alpha and lam, in one host sync that also reads whether
-    ``probe_v`` (a tensor, optional: an extra pass over it) is all finite. Returns
-    that bool, or None without probe_v."""
+def check_attention_values(log_alpha, lam, probe_v=None, theta=None, scale=None):
+    """The value checks of log_alpha, lam (against the softmax scale, a float, when
+    given) and theta (when given), in one host sync that also reads whether ``probe_v``
+    (a tensor, optional: an extra pass over it) is all finite. Returns that bool, or
+    None without probe_v."""
     probes = [torch.isfinite(probe_v).all()] if probe_v is not None else []
-    read = _check_values(_log_alpha_flags(log_alpha) + _lam_flags(lam), probes)
+    flags = _log_alpha_flags(log_alpha) + _lam_flags(lam, scale) + ([] if theta is None else _theta_flags(theta))
+    read = _check_values(flags, probes)
     return read[0] if probes else None

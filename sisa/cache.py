@@ -1,10 +1,12 @@
 """Cached decoding: per-layer state and attention of new tokens over the cache.
 
 A cached step keeps, per layer, k and v (b, T, hk, d), B_rot (b, T, h, n) and the
-float32 g (b, T, h) of every past token, plus the running scan state
+float64 g (b, T, h) of every past token (docs/design.md section 5), plus the running scan state
 (g_last (b, h), phi_last (b, h, n/2)). New tokens continue the scan from that state
 and attend over the cache with the exact SISA score: the decay is the difference
-g_i - g_j of stored cumulative log-decays, never a clamped factorisation.
+g_i - g_j of stored cumulative log-decays, never a clamped factorisation. The
+per-token phase increments theta (b, T, h, n/2) are kept too, so that ``crop`` can
+recover the scan state at any shorter length (what assisted decoding needs).
 
 Where the Triton decode kernel does not run (a CPU), the cache also keeps Khat and
 the padded v in the heads-first layout stock SDPA wants, extended by the new rows
@@ -19,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from . import backends
-from .naive import naive_attention, state_dtype
+from .naive import G_DTYPE, naive_attention, state_dtype
 from .ops import exact_sdpa
-from .sdpa import DECAY_BUDGET, all_finite, causal_args, fill_wide
+from .sdpa import DECAY_BUDGET, all_finite, causal_args, fill_wide, overflow_check
 
 
 class LayerCache:
@@ -36,6 +38,11 @@ class LayerCache:
         self.wide = None             # the stock-SDPA decode's Khat / padded v (see _widened_attention)
         self._valid = None           # (b, >= length) bool: which cached positions are real tokens (None: all)
         self._real = None            # (b,) int64: real tokens cached per row (None: length in every row)
+
+    @property
+    def batch(self) -> int | None:
+        """The batch size of the cached tokens, or None while nothing is cached."""
+        return next(iter(self._buf.values())).shape[0] if self._buf else None
 
     @property
     def has_pads(self) -> bool:
@@ -76,6 +83,27 @@ class LayerCache:
             self._valid, self._real = self._valid.index_select(0, index), self._real.index_select(0, index)
         self.wide = None             # rebuilt from the buffers at the next step
 
+    def crop(self, length: int) -> None:
+        """Forget every token from position ``length`` on (0 <= length <= self.length),
+        as if only the first ``length`` had been fed. The scan state at ``length`` is
+        recovered from what is cached: g_last = g[:, length - 1] and phi_last = phi_last
+        minus the thetas of the dropped tokens."""
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
+            raise ValueError(f"length must be an int in [0, {self.length}] (the cached tokens), got {length!r}")
+        if length == self.length:
+            return
+        if length == 0:
+            self.state, self._valid, self._real = None, None, None
+        elif self.state is not None:
+            g_last, phi_last = self.state
+            dropped = self._buf["theta"][:, length : self.length].to(phi_last.dtype).sum(1)
+            self.state = (self._buf["g"][:, length - 1].to(g_last.dtype), phi_last - dropped)
+        if self._valid is not None:
+            self._real = self._valid[:, :length].sum(1)
+        if self.wide is not None:
+            self.wide["rows"] = min(self.wide["rows"], length)
+        self.length = length
+
     def append(self, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
         """Append (b, s, ...) tensors; return views of everything cached so far (b, T, ...)."""
         s = next(iter(tensors.values())).shape[1]
@@ -97,7 +125,7 @@ def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=No
     """SISA attention of s new queries over T cached keys (the queries are the last s).
 
     q (b, s, h, d); k, v (b, T, hk, d); C_rot (b, s, h, n); B_rot (b, T, h, n);
-    g (b, T, h) float32; lam (h,); key_mask None or (b, T) bool, False at pads (never
+    g (b, T, h) float64; lam (h,); key_mask None or (b, T) bool, False at pads (never
     keys; a query still sees itself). Returns (b, s, h, d).
 
     Where autograd records none of the inputs, uses the Triton decode kernel on CUDA
@@ -120,7 +148,7 @@ def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=No
     if key_mask is not None:
         return naive_attention(*inputs, softmax_scale, key_mask=key_mask)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if cache is not None and not recorded and not torch.compiler.is_compiling():
+    if cache is not None and not recorded and not torch.compiler.is_compiling() and q.device.type != "meta":
         out = _widened_attention(cache, *inputs, scale)
         if out is not None:
             return out
@@ -136,13 +164,13 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
     g falls more than the budget below c0, c0 moves to it and the stored rows'
     factors are multiplied by exp(c0_new - c0_old) <= 1 (an O(T) pass once per
     budget / decay tokens). Returns None (the caller rebuilds in full) when a new
-    value is non-finite (and from then on) or the new queries alone span more than
-    the budget.
+    value is non-finite or a widened piece exceeds float16's range (and from then on),
+    or the new queries alone span more than the budget.
     """
     b, s, h, d = q.shape
     T, n = k.shape[1], C_rot.shape[-1]
     sd, budget = state_dtype(q.dtype), DECAY_BUDGET[q.dtype]
-    g = g.to(sd)
+    g = g.to(G_DTYPE)                                             # exponents in float64, then rounded to sd
     w = cache.wide
     if w is None or w["rows"] > T or w["khat"].dtype != q.dtype or w["khat"].shape[-1] != d + n:
         if w is not None and w.get("off"):
@@ -158,7 +186,7 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
     key_span, query_span = spans()
     if key_span > budget:                                         # rebase on the newest g
         c0 = g[:, T - 1 : T]
-        rescale = torch.exp(c0 - w["c0"]).transpose(1, 2)[..., None].to(q.dtype)   # (b, h, 1, 1) <= 1
+        rescale = torch.exp((c0 - w["c0"]).to(sd)).transpose(1, 2)[..., None].to(q.dtype)   # (b, h, 1, 1) <= 1
         w["khat"][:, :, : w["rows"], d:] *= rescale
         w["c0"] = c0.clone()
         key_span, query_span = spans()
@@ -171,11 +199,13 @@ def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):
             grown[:, :, : w["rows"]] = w[name][:, :, : w["rows"]]
             w[name] = grown
     r0, sums = w["rows"], []
-    bk = B_rot[:, r0:T].to(sd) * torch.exp(w["c0"] - g[:, r0:T])[..., None]
+    bk = B_rot[:, r0:T].to(sd) * torch.exp((w["c0"] - g[:, r0:T]).to(sd))[..., None]
     fill_wide(w["khat"][:, :, r0:T], [k[:, r0:T], bk], sums)
     fill_wide(w["vhat"][:, :, r0:T], [v[:, r0:T]], sums)
-    cq = C_rot.to(sd) * (torch.exp(g[:, T - s :] - w["c0"]) * (lam.to(sd) / scale))[..., None]
+    cq = C_rot.to(sd) * (torch.exp((g[:, T - s :] - w["c0"]).to(sd)) * (lam.to(sd) / scale))[..., None]
     qhat = fill_wide(q.new_empty(b, h, s, d + n), [q, cq], sums)
+    if q.dtype == torch.float16:          # a piece past float16's range: the exact path instead
+        overflow_check([bk, cq], q.dtype, sums)
     if not all_finite(sums):
         w["off"] = True                                           # the exact path handles NaN rows
         return None

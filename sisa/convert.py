@@ -54,6 +54,8 @@ def convert_reference_state_dict(sd: Mapping) -> dict:
             raise TypeError(f"sd (the state dict) must have str keys, got {type(key).__name__} {key!r}")
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"sd[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():        # int weights cannot train, complex ones would lose a part
+            raise TypeError(f"sd[{key!r}] must be a floating-point tensor (weights), got dtype {value.dtype}")
     plain = {}
     for key, value in sd.items():
         name = _strip_wrappers(key)
@@ -101,6 +103,8 @@ def load_reference_checkpoint(path: str | os.PathLike) -> dict:
     for ``SISAModel.load_state_dict``. A file that is not such a checkpoint raises a
     ValueError naming it."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory; give the checkpoint file inside it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path!r}")
     try:
@@ -134,15 +138,22 @@ def infer_config(sd: Mapping, n_heads: int | None = None, **fields):
                          f"layers.0.ffn.w_gate.weight): {e!r}") from e
     use_ssm = "layers.0.attn.lambda_raw" in sd
     if use_ssm:
+        if sd["layers.0.attn.lambda_raw"].dim() != 1:
+            raise ValueError(f"layers.0.attn.lambda_raw must be 1-D (one value per head), got shape "
+                             f"{tuple(sd['layers.0.attn.lambda_raw'].shape)}")
         h = sd["layers.0.attn.lambda_raw"].shape[0]
         if n_heads is not None and n_heads != h:
             raise ValueError(f"n_heads={n_heads} disagrees with lambda_raw's {h} heads")
         n_heads = h
     elif n_heads is None:
         raise ValueError("n_heads must be given for a model without SSM parameters (use_ssm False)")
-    d_state = sd["layers.0.attn.W_B.weight"].shape[0] // n_heads if use_ssm else fields.pop("d_state", 16)
-    head_dim = d_model // n_heads
-    n_kv = sd["layers.0.attn.W_K.weight"].shape[0] // head_dim
+    try:
+        d_state = sd["layers.0.attn.W_B.weight"].shape[0] // n_heads if use_ssm else fields.pop("d_state", 16)
+        head_dim = d_model // n_heads
+        n_kv = sd["layers.0.attn.W_K.weight"].shape[0] // head_dim
+    except (KeyError, IndexError, ZeroDivisionError) as e:
+        raise ValueError(f"the state dict's attention weights do not fit a SISA model (W_B, W_K of layer 0 "
+                         f"with {n_heads} heads): {e!r}") from e
     cfg = SISAConfig(vocab_size=vocab, d_model=d_model, n_heads=n_heads, n_layers=layers, d_state=d_state,
                      d_ff=d_ff, n_kv_heads=None if n_kv == n_heads else n_kv, use_ssm=use_ssm, **fields)
     return cfg
@@ -163,6 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="cast the weights (lambda_raw stays float32); default: as stored")
     args = parser.parse_args(argv)
+    if os.path.exists(args.dst) and not os.path.isdir(args.dst):
+        parser.error(f"dst {args.dst!r} is an existing file; give a directory (new or existing) to write into")
     try:
         import sisa.hf as hf
     except ImportError as e:

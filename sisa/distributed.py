@@ -39,11 +39,12 @@ Nothing here imports torch.distributed at ``import sisa`` time.
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 
 from ._checks import check_attention_inputs, check_softmax_scale
-from .naive import rotate_pairs, scan_state, state_dtype
+from .naive import G_DTYPE, rotate_pairs, scan_state, state_dtype
 from . import backends
 from .ops import attention_from_scan, sisa_attention, ssm_importance_scan
 from .varlen import check_cu_seqlens
@@ -162,6 +163,19 @@ def _agree(group, world, what: dict) -> None:
                              f"{table[:, i].tolist()} (one value per rank)")
 
 
+def _result_scalars(scale, lam, backend, cu_seqlens) -> dict:
+    """What else changes the result and must be the same on every rank, as int64s for
+    _agree: the softmax scale's float64 bits, the backend asked for (-1: not a known
+    name; resolved after agreeing), and digests of lam's values and of cu_seqlens (one
+    small host transfer each; Python's hash of floats and ints is the same in every
+    process)."""
+    names = ("auto",) + backends.BACKENDS
+    return {"softmax_scale": struct.unpack("<q", struct.pack("<d", scale))[0],
+            "backend": names.index(backend) if isinstance(backend, str) and backend in names else -1,
+            "lam (a digest of its values)": hash(tuple(lam.detach().double().cpu().tolist())),
+            "cu_seqlens (a digest, -1: none)": -1 if cu_seqlens is None else hash(tuple(cu_seqlens.tolist()))}
+
+
 def context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, *, group=None, layout="zigzag",
                                softmax_scale=None, backend="auto", cu_seqlens=None, check_inputs=True):
     """This rank's shard of ``sisa_attention`` on the whole sharded sequence.
@@ -175,8 +189,9 @@ def context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, *, group=No
         cu_seqlens: optional int32 (n_seqs + 1,) of the WHOLE packed sequence (b = 1),
             the same on every rank.
     Returns: (b, t/W, h, d), this rank's shard of the output.
-    A group of size 1 is the single-device op. Ranks that disagree on shapes, layout
-    or dtype raise a ValueError on every rank.
+    A group of size 1 is the single-device op. Ranks that disagree on shapes, layout,
+    dtype, softmax_scale, lam's values, the backend or cu_seqlens raise a ValueError on
+    every rank (one small all-gather).
     """
     world, rank = _world(group)
     check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=check_inputs,
@@ -186,14 +201,17 @@ def context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, *, group=No
                               backend=backend, cu_seqlens=cu_seqlens, check_inputs=False)
     n_chunks, mine = _layout_chunks(layout, world, rank)
     b, t_local, h, d = q.shape
+    scale = check_softmax_scale(softmax_scale) or 1.0 / math.sqrt(d)
+    if cu_seqlens is not None:                                    # its type and device, before reading it
+        check_cu_seqlens(cu_seqlens, t_local * world, b, values=False, device=q.device)
     _agree(group, world, {"layout": LAYOUTS.index(layout), "local sequence length": t_local, "batch": b,
                           "heads": h, "kv heads": k.shape[2], "head_dim": d, "d_state": C.shape[-1],
-                          "dtype": [torch.float16, torch.bfloat16, torch.float32, torch.float64].index(q.dtype)})
+                          "dtype": [torch.float16, torch.bfloat16, torch.float32, torch.float64].index(q.dtype),
+                          **_result_scalars(scale, lam, backend, cu_seqlens)})
     if t_local % len(mine):
         raise ValueError(f"the local sequence length {t_local} must be divisible by {len(mine)} for layout "
                          f"{layout!r} (shards made by sisa.distributed.shard_sequence are)")
     c = t_local // len(mine)
-    scale = check_softmax_scale(softmax_scale) or 1.0 / math.sqrt(d)
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
     if cu_seqlens is not None:
         return _packed(q, k, v, C, B, log_alpha, theta, lam, scale, group, layout, world, mine, c,
@@ -201,7 +219,7 @@ def context_parallel_attention(q, k, v, C, B, log_alpha, theta, lam, *, group=No
     sd = state_dtype(q.dtype)
     split = lambda x: x.split(c, dim=1)                                   # noqa: E731
     # 1. The scan: each chunk from the exclusive prefix of the earlier chunks' totals.
-    totals_g = torch.stack([la.to(sd).sum(1) for la in split(log_alpha)])      # (chunks, b, h)
+    totals_g = torch.stack([la.to(G_DTYPE).sum(1) for la in split(log_alpha)])  # (chunks, b, h) float64
     totals_p = torch.stack([th.to(sd).sum(1) for th in split(theta)])           # (chunks, b, h, n/2)
     g_before = _exclusive_prefix(all_gather(totals_g, group), layout, world)
     p_before = _exclusive_prefix(all_gather(totals_p, group), layout, world)
@@ -237,7 +255,7 @@ def _attend(backend, q, k, v, C_rot, B_rot, g, lam, scale):
 def _packed(q, k, v, C, B, log_alpha, theta, lam, scale, group, layout, world, mine, c, cu_seqlens, backend):
     """Context parallelism over packed documents (see the module docstring)."""
     t = c * len(mine) * world
-    segments = check_cu_seqlens(cu_seqlens, t, q.shape[0])
+    segments = check_cu_seqlens(cu_seqlens, t, q.shape[0], device=q.device)
     sd = state_dtype(q.dtype)
     la_all = _global_order(all_gather(log_alpha, group), layout, world)
     th_all = _global_order(all_gather(theta, group), layout, world)

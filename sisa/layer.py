@@ -195,6 +195,9 @@ class SISAAttention(nn.Module):
             raise TypeError(f"cache must be a LayerCache or None, got {type(cache).__name__}")
         if cache is not None and cu_seqlens is not None:
             raise ValueError("cache and cu_seqlens cannot be combined")
+        if cache is not None and cache.batch not in (None, x.shape[0]):
+            raise ValueError(f"cache holds {cache.batch} rows but x has batch {x.shape[0]}; decode the batch the "
+                             "cache was filled with (LayerCache.select_batch keeps some rows) or start a new cache")
         if attention_mask is not None or (cache is not None and cache.has_pads):
             if cu_seqlens is not None or cp_group is not None:
                 raise ValueError("attention_mask cannot be combined with cu_seqlens or cp_group")
@@ -212,7 +215,7 @@ class SISAAttention(nn.Module):
             return self._forward_context_parallel(x, cu_seqlens, cp_group, cp_layout)
         t = x.shape[1]
         if cu_seqlens is not None:
-            check_cu_seqlens(cu_seqlens, t, x.shape[0], values=check_inputs)
+            check_cu_seqlens(cu_seqlens, t, x.shape[0], values=check_inputs, device=x.device)
             pos = packed_positions(cu_seqlens, t)
         else:
             start = cache.length if cache is not None else 0
@@ -235,7 +238,7 @@ class SISAAttention(nn.Module):
         t = x.shape[1] * world_size(group)
         pos = shard_positions(t, group, layout, device=x.device)
         if cu_seqlens is not None:
-            check_cu_seqlens(cu_seqlens, t, x.shape[0])
+            check_cu_seqlens(cu_seqlens, t, x.shape[0], device=x.device)
             pos = packed_positions(cu_seqlens, t)[pos]
         q, k, v = self.qkv(x, pos)
         if self.use_ssm:
@@ -268,7 +271,7 @@ class SISAAttention(nn.Module):
         C_rot, B_rot, g, cache.state = ssm_importance_scan(C, B, log_alpha, theta, initial_state=cache.state,
                                                            check_inputs=False)
         prefill = cache.length == 0
-        past = cache.append(k=k, v=v, B_rot=B_rot, g=g)
+        past = cache.append(k=k, v=v, B_rot=B_rot, g=g, theta=theta)
         if prefill:  # the prompt: the ordinary fast path
             return attention_from_scan(q, k, v, C_rot, B_rot, g, self.lam(), backend=self.backend)
         return cached_attention(q, past["k"], past["v"], C_rot, past["B_rot"], past["g"], self.lam(), cache=cache)
@@ -282,7 +285,7 @@ class SISAAttention(nn.Module):
             k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
         if cu_seqlens is None:
             return _plain_attention(q, k, v)
-        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0])
+        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0], device=q.device)
         return torch.cat([_plain_attention(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in segments], dim=1)
 
     def _forward_padded(self, x, mask, cache):
@@ -317,10 +320,11 @@ class SISAAttention(nn.Module):
             if self.use_ssm:
                 C, B, log_alpha, theta = ssm
                 pad = ~mask
+                theta = theta.masked_fill(pad[..., None, None], 0.0)
                 C_rot, B_rot, g, cache.state = ssm_importance_scan(
-                    C, B, log_alpha.masked_fill(pad[..., None], 0.0), theta.masked_fill(pad[..., None, None], 0.0),
-                    initial_state=cache.state, check_inputs=False)
-                past = cache.append(k=k, v=v, B_rot=B_rot, g=g)
+                    C, B, log_alpha.masked_fill(pad[..., None], 0.0), theta, initial_state=cache.state,
+                    check_inputs=False)
+                past = cache.append(k=k, v=v, B_rot=B_rot, g=g, theta=theta)
             else:
                 past = cache.append(k=k, v=v)
             cache.record_mask(mask)

@@ -5,6 +5,7 @@ With ``use_ssm=False`` the same code is the Transformer baseline.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn as nn
@@ -102,7 +103,12 @@ class Block(nn.Module):
 
 
 class SISAModel(nn.Module):
-    """Causal LM. forward(ids (b, t) long) -> logits (b, t, vocab_size)."""
+    """Causal LM. forward(ids (b, t) long) -> logits (b, t, vocab_size).
+
+    ``gradient_checkpointing = True`` recomputes each block's activations in the
+    backward instead of keeping them (``torch.utils.checkpoint``, non-reentrant, one
+    checkpoint per block) whenever autograd records a forward without caches.
+    """
 
     def __init__(self, config: SISAConfig):
         super().__init__()
@@ -113,14 +119,22 @@ class SISAModel(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.gradient_checkpointing = False
         nn.init.normal_(self.embed.weight, std=0.02)
         for block in self.layers:
             for lin in (block.ffn.w_gate, block.ffn.w_up, block.ffn.w_down):
                 nn.init.normal_(lin.weight, std=0.02)
 
-    def forward(self, ids, caches=None, cu_seqlens=None, *, attention_mask=None, check_inputs: bool = True,
-                cp_group=None, cp_layout: str = "zigzag"):
+    def forward(self, ids=None, caches=None, cu_seqlens=None, *, attention_mask=None, check_inputs: bool = True,
+                cp_group=None, cp_layout: str = "zigzag", inputs_embeds=None, output_hidden_states: bool = False):
         """ids (b, t) int64 or int32 -> logits (b, t, vocab_size).
+
+        inputs_embeds: instead of ids, (b, t, d_model) vectors in the place of the
+        embedding's rows (prompt tuning, multimodal prefixes); the head stays the
+        embedding's weight.
+        output_hidden_states: return (logits, hidden_states), hidden_states a tuple of
+        n_layers + 1 (b, t, d_model) tensors as transformers' models give them: the
+        embeddings, each block's output, the last one after the final norm.
 
         caches: a list of one LayerCache per layer (see ``new_caches``) for cached decoding.
         cu_seqlens: int32 (n_seqs + 1,) for packed sequences in batch 1 (with cp_group:
@@ -141,18 +155,48 @@ class SISAModel(nn.Module):
         meaningless. An all-ones mask is the same as none. One host sync checks it. Only
         the last t columns are read: the caches remember which cached tokens were pads.
         """
-        _check_ids("ids", ids)
-        self._check_caches(caches, cu_seqlens)
-        if check_inputs:
+        tokens = self._check_tokens(ids, inputs_embeds)   # (b, t): ids, or a view standing in for them
+        self._check_caches(caches, cu_seqlens, tokens.shape[0])
+        if check_inputs and ids is not None:
             self._check_id_range("ids", ids)
         if cu_seqlens is not None and cp_group is None:
-            check_cu_seqlens(cu_seqlens, ids.shape[1], ids.shape[0], values=check_inputs)
-        mask = self._new_token_mask(attention_mask, ids, caches, cu_seqlens, cp_group)
-        x = self.embed(ids)
+            check_cu_seqlens(cu_seqlens, tokens.shape[1], tokens.shape[0], values=check_inputs, device=tokens.device)
+        mask = self._new_token_mask(attention_mask, tokens, caches, cu_seqlens, cp_group)
+        x = self.embed(ids) if inputs_embeds is None else inputs_embeds
+        hidden = [x]
+        checkpoint = self._block_checkpoint(caches)
         for i, block in enumerate(self.layers):
-            x = block(x, cache=None if caches is None else caches[i], cu_seqlens=cu_seqlens, cp_group=cp_group,
-                      cp_layout=cp_layout, attention_mask=mask, check_inputs=False)
-        return F.linear(self.final_norm(x), self.embed.weight)   # tied head
+            args = (x, None if caches is None else caches[i], cu_seqlens, cp_group, cp_layout, mask, False)
+            x = block(*args) if checkpoint is None else checkpoint(block, *args)
+            hidden.append(x)
+        x = self.final_norm(x)
+        logits = F.linear(x, self.embed.weight)   # tied head
+        return (logits, (*hidden[:-1], x)) if output_hidden_states else logits
+
+    def _check_tokens(self, ids, inputs_embeds):
+        """Exactly one of ids (b, t) and inputs_embeds (b, t, d_model); returns a (b, t)
+        tensor on their device (ids, or a view of inputs_embeds)."""
+        if (ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of ids (token ids) and inputs_embeds")
+        if ids is not None:
+            _check_ids("ids", ids)
+            return ids
+        if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+            raise TypeError(f"inputs_embeds must be a floating-point torch.Tensor (b, t, d_model), got "
+                            f"{getattr(inputs_embeds, 'dtype', type(inputs_embeds).__name__)}")
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.d_model:
+            raise ValueError(f"inputs_embeds must have shape (b, t, d_model) = (b, t, {self.config.d_model}), "
+                             f"got {tuple(inputs_embeds.shape)}")
+        return inputs_embeds[..., 0]
+
+    def _block_checkpoint(self, caches):
+        """The checkpoint function to run each block through, or None (no checkpointing:
+        switched off, a cached step, or autograd not recording). transformers'
+        gradient_checkpointing_enable sets ``_gradient_checkpointing_func``."""
+        if not self.gradient_checkpointing or caches is not None or not torch.is_grad_enabled():
+            return None
+        return getattr(self, "_gradient_checkpointing_func", None) or functools.partial(
+            torch.utils.checkpoint.checkpoint, use_reentrant=False)
 
     def _new_token_mask(self, attention_mask, ids, caches, cu_seqlens, cp_group):
         """The validated mask of the new tokens (b, t) bool, or None when nothing is padded."""
@@ -173,7 +217,9 @@ class SISAModel(nn.Module):
         mask = attention_mask[:, attention_mask.shape[1] - t:]
         if mask.numel() == 0:
             return None
-        if mask.device.type == "meta" or torch.compiler.is_compiling():   # values unknown: take the padded path
+        if mask.device.type == "meta":        # no values, shapes only: they do not depend on where pads are
+            return None
+        if torch.compiler.is_compiling():     # values unknown: take the padded path
             return mask.bool()
         lo, hi = torch.stack(torch.aminmax(mask.to(torch.int64))).tolist()
         if lo < 0 or hi > 1:
@@ -184,7 +230,7 @@ class SISAModel(nn.Module):
             raise ValueError("an attention_mask with pads cannot be combined with cu_seqlens or cp_group")
         return mask.bool()
 
-    def _check_caches(self, caches, cu_seqlens):
+    def _check_caches(self, caches, cu_seqlens, batch):
         if caches is None:
             return
         if cu_seqlens is not None:
@@ -202,6 +248,10 @@ class SISAModel(nn.Module):
         if len(lengths) > 1:
             raise ValueError(f"caches hold different numbers of tokens ({sorted(lengths)}); they must "
                              "advance together (start again from new_caches())")
+        held = {cache.batch for cache in caches} - {None}
+        if held and held != {batch}:
+            raise ValueError(f"caches hold a batch of {sorted(held)} rows but ids has {batch}; feed the batch the "
+                             "caches were filled with (select_batch on each keeps some rows) or start from new_caches()")
 
     def _check_id_range(self, name, ids):
         """Every id in [0, vocab_size): one host sync, skipped where values are unknown."""
@@ -226,7 +276,9 @@ class SISAModel(nn.Module):
         top_k >= 1 logits). max_new_tokens >= 0 (0 returns the prompt). The prompt is
         processed once, then each step feeds one token through the caches.
         attention_mask: optional (b, t) 0/1 marking pads of the prompt (left padding
-        for prompts of different lengths); each row then decodes as it would alone.
+        for prompts of different lengths; right or inner pads work too: a row continues
+        from its last real token); each row then decodes as it would alone. A row with
+        no real token is a ValueError.
         """
         _check_ids("input_ids", input_ids)
         if input_ids.shape[1] == 0:
@@ -238,8 +290,11 @@ class SISAModel(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self._check_id_range("input_ids", input_ids)
+        if input_ids.shape[0] == 0:                      # nothing to decode (and no row to index)
+            return input_ids.new_empty(0, input_ids.shape[1] + max_new_tokens)
         caches = self.new_caches(input_ids.shape[1] + max_new_tokens)
-        logits = self(input_ids, caches=caches, attention_mask=attention_mask, check_inputs=False)[:, -1]
+        logits = self(input_ids, caches=caches, attention_mask=attention_mask, check_inputs=False)
+        logits = logits[torch.arange(len(logits), device=logits.device), self._last_real(attention_mask, logits)]
         out = [input_ids]
         for step in range(max_new_tokens):
             nxt = _pick(logits.float(), temperature, top_k, generator)
@@ -247,6 +302,20 @@ class SISAModel(nn.Module):
             if step + 1 < max_new_tokens:   # nxt < vocab_size by construction: no sync to check it
                 logits = self(nxt, caches=caches, check_inputs=False)[:, -1]
         return torch.cat(out, dim=1)
+
+    @staticmethod
+    def _last_real(attention_mask, logits):
+        """(b,) index of each prompt row's last real token: t - 1 without a mask. After
+        it come only pads, which change nothing, so the row's next token follows it
+        (right padding decodes as the row alone would)."""
+        b, t = logits.shape[:2]
+        if attention_mask is None:
+            return torch.full((b,), t - 1, device=logits.device)
+        real = attention_mask[:, -t:].to(device=logits.device, dtype=torch.bool)
+        if not bool(real.any(1).all()):
+            raise ValueError(f"attention_mask has a row with no real token (all 0): row "
+                             f"{(~real.any(1)).nonzero()[0].item()}; every prompt needs at least one")
+        return t - 1 - real.flip(1).to(torch.int8).argmax(1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -266,7 +335,9 @@ def _pick(logits, temperature, top_k, generator):
     """logits (b, vocab) -> next ids (b, 1)."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    # From the row maximum down, so that a tiny temperature sends the rest to -inf
+    # rather than the maximum to inf (NaN probabilities).
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -19,9 +19,16 @@ import torch
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Precision for g, Phi, the decay and the rotation: float64 stays float64,
-    everything else is float32."""
+    """Precision for Phi, the decay and the rotation: float64 stays float64,
+    everything else is float32. g itself is always ``G_DTYPE``."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# g = cumsum(log_alpha) is float64 for every input dtype: a float32 g is spaced
+# 1e-3..6e-2 nats apart at |g| ~ 1e4..1e6 (one hard reset), so g_i - g_j of nearby
+# tokens would be wrong by that much. Differences are taken in float64 and then
+# rounded to the compute dtype (docs/design.md section 5).
+G_DTYPE = torch.float64
 
 
 def unit_phasor(phi: torch.Tensor) -> torch.Tensor:
@@ -57,13 +64,13 @@ def rotate_pairs(z: torch.Tensor, phi: torch.Tensor, phasor: torch.Tensor | None
 
 
 def scan_state(log_alpha, theta, sd, initial_state=None):
-    """g = g0 + cumsum(log_alpha) (b, t, h) and Phi = phi0 + cumsum(theta) (b, t, h, n/2)
-    along t, in the state dtype ``sd`` (see state_dtype)."""
-    g = torch.cumsum(log_alpha.to(sd), dim=1)
+    """g = g0 + cumsum(log_alpha) (b, t, h) float64 and Phi = phi0 + cumsum(theta)
+    (b, t, h, n/2) along t, in the state dtype ``sd`` (see state_dtype)."""
+    g = torch.cumsum(log_alpha.to(G_DTYPE), dim=1)
     phi = torch.cumsum(theta.to(sd), dim=1)
     if initial_state is not None:
         g0, phi0 = initial_state
-        g = g + g0.to(sd).unsqueeze(1)
+        g = g + g0.to(G_DTYPE).unsqueeze(1)
         phi = phi + phi0.to(sd).unsqueeze(1)
     return g, phi
 
@@ -74,8 +81,8 @@ def naive_scan(C, B, log_alpha, theta, initial_state=None):
     C, B: (b, t, h, n); log_alpha: (b, t, h); theta: (b, t, h, n/2);
     initial_state: optional (g0 (b, h), phi0 (b, h, n/2)).
     Returns (C_rot, B_rot, g, (g_last, phi_last)): C_rot, B_rot (b, t, h, n) in
-    C's dtype, g (b, t, h) float32 (float64 for float64 inputs), g_last (b, h),
-    phi_last (b, h, n/2).
+    C's dtype, g (b, t, h) and g_last (b, h) float64 (for every input dtype),
+    phi_last (b, h, n/2) float32 (float64 for float64 inputs).
     """
     sd = state_dtype(C.dtype)
     g, phi = scan_state(log_alpha, theta, sd, initial_state)
@@ -86,7 +93,7 @@ def naive_scan(C, B, log_alpha, theta, initial_state=None):
     if t > 0:
         final = (g[:, -1], phi[:, -1])
     elif initial_state is not None:
-        final = (initial_state[0].to(sd), initial_state[1].to(sd))
+        final = (initial_state[0].to(G_DTYPE), initial_state[1].to(sd))
     else:
         final = (g.new_zeros(b, h), phi.new_zeros(b, h, theta.shape[-1]))
     return C_rot, B_rot, g, final
@@ -114,14 +121,16 @@ def naive_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, upcast=Tr
     kk = k.to(sd).repeat_interleave(rep, dim=2)
     vv = v.to(sd).repeat_interleave(rep, dim=2)
     content = torch.einsum("bihd,bjhd->bhij", q.to(sd), kk) * scale
-    gk = g.to(state_dtype(q.dtype)).transpose(1, 2)                # (b, h, t)
+    gk = g.to(G_DTYPE).transpose(1, 2)                             # (b, h, t)
     gq = gk[:, :, t - s:]                                          # (b, h, s)
     causal = torch.ones(s, t, dtype=torch.bool, device=q.device).tril(diagonal=t - s)
     if key_mask is not None:                                       # (b, 1, s, t): pads only see themselves
         own = torch.arange(t, device=q.device)[None, :] == torch.arange(t - s, t, device=q.device)[:, None]
         causal = causal & (key_mask[:, None, None, :] | own)
     # exp(min(g_i - g_j, 0)): the min guards cumsum rounding; masked entries stay finite.
-    decay = torch.exp((gq[:, :, :, None] - gk[:, :, None, :]).clamp(max=0).masked_fill(~causal, 0)).to(sd)
+    # The difference is taken in float64, the exp in float32 (float64 for float64).
+    expo = (gq[:, :, :, None] - gk[:, :, None, :]).clamp(max=0).masked_fill(~causal, 0)
+    decay = torch.exp(expo.to(state_dtype(q.dtype))).to(sd)
     ssm = torch.einsum("bihn,bjhn->bhij", C_rot.to(sd), B_rot.to(sd))
     score = content + lam.to(sd)[None, :, None, None] * decay * ssm
     score = score.masked_fill(~causal, float("-inf"))

@@ -29,16 +29,17 @@ def ssm_importance_scan(C, B, log_alpha, theta, *, initial_state=None, backend="
         cu_seqlens: optional int32 (n_seqs + 1,) for packed inputs (b = 1): the scan
             restarts at every sequence start (inside the kernel for triton: one launch).
         check_inputs: validate values too (log_alpha <= 0, its total along t above
-            -1e30, g0 finite, cu_seqlens' entries; one host sync).
+            -1e9, g0 finite, cu_seqlens' entries; one host sync).
     Returns:
-        (C_rot (b, t, h, n) in C's dtype, B_rot (b, t, h, n), g (b, t, h) float32
-        (float64 for float64 inputs), final_state (g_last, phi_last)) with g_last
-        (b, h) and phi_last (b, h, n/2) — (n_seqs, ...) with cu_seqlens.
+        (C_rot (b, t, h, n) in C's dtype, B_rot (b, t, h, n), g (b, t, h) float64
+        for every input dtype (see docs/design.md section 5), final_state (g_last,
+        phi_last)) with g_last (b, h) float64 and phi_last (b, h, n/2) float32
+        (float64 for float64 inputs) — (n_seqs, ...) with cu_seqlens.
     """
     segments = None
     if cu_seqlens is not None:
         check_scan_inputs(C, B, log_alpha, theta, None, check_values=False)   # shapes first
-        segments = check_cu_seqlens(cu_seqlens, C.shape[1], C.shape[0], values=check_inputs)
+        segments = check_cu_seqlens(cu_seqlens, C.shape[1], C.shape[0], values=check_inputs, device=C.device)
     n_seqs = None if cu_seqlens is None else cu_seqlens.shape[0] - 1
     check_scan_inputs(C, B, log_alpha, theta, initial_state, check_values=check_inputs, n_seqs=n_seqs)
     backend = backends.resolve(backend, C.device, "scan")
@@ -68,6 +69,33 @@ def _packed_naive_scan(C, B, log_alpha, theta, initial_state, segments):
     return C_rot, B_rot, g, tuple(torch.cat(x) for x in zip(*(o[3] for o in outs)))
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on the output of a backend with first derivatives only (sdpa: PyTorch's
+    fused SDPA backward has none; triton: the kernels'). Its backward runs first, so a
+    backward with create_graph=True (a double backward) stops here with one clear
+    error instead of one from deep inside PyTorch or the kernels."""
+
+    @staticmethod
+    def forward(ctx, out, backend):
+        ctx.backend = backend
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():                      # create_graph=True: a graph of the backward is wanted
+            raise NotImplementedError(
+                f"backend {ctx.backend!r} has first derivatives only; a double backward (create_graph=True) "
+                "needs backend='naive', which supports derivatives of any order")
+        return grad, None
+
+
+def _first_order(out, backend):
+    """out, marked as differentiable once only when autograd records it (see _FirstOrderOnly)."""
+    if torch.is_grad_enabled() and out.requires_grad and not torch.compiler.is_compiling():
+        return _FirstOrderOnly.apply(out, backend)
+    return out
+
+
 def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, backend="auto", cu_seqlens=None):
     """SISA attention given the scan's outputs (no validation: internal callers such
     as the layer's cached prefill). Shapes as sisa_attention, with C_rot, B_rot
@@ -83,15 +111,15 @@ def attention_from_scan(q, k, v, C_rot, B_rot, g, lam, *, softmax_scale=None, ba
         return naive_attention(q, k, v, C_rot, B_rot, g, lam, scale)
     if backend == "triton":
         try:
-            return backends.kernel("attention_op").sisa_attn(q, k, v, C_rot, B_rot, g.float(), lam.float(), scale,
-                                                             cu_seqlens=cu_seqlens)
+            return _first_order(backends.kernel("attention_op").sisa_attn(q, k, v, C_rot, B_rot, g, lam.float(), scale,
+                                                                          cu_seqlens=cu_seqlens), backend)
         except backends.KernelLaunchError as exc:     # no config launches on this GPU
             exc.warn_once("the exact sdpa path")
         if cu_seqlens is not None:
             parts = zip(*(split_sequences(x, check_cu_seqlens(cu_seqlens, q.shape[1], 1))
                           for x in (q, k, v, C_rot, B_rot, g)))
-            return torch.cat([exact_sdpa(*p, lam, scale) for p in parts], dim=1)  # t > 0: a sequence
-    return exact_sdpa(q, k, v, C_rot, B_rot, g, lam, scale)
+            return _first_order(torch.cat([exact_sdpa(*p, lam, scale) for p in parts], dim=1), "sdpa")
+    return _first_order(exact_sdpa(q, k, v, C_rot, B_rot, g, lam, scale), "sdpa")
 
 
 def exact_sdpa(q, k, v, C_rot, B_rot, g, lam, scale):
@@ -121,7 +149,7 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         cu_seqlens: optional int32 (n_seqs + 1,) for packed inputs (b = 1): no token
             attends across a sequence boundary and g, Phi restart at each start.
         check_inputs: also check values (log_alpha <= 0 and its total along t above
-            -1e30, lam > 0 and finite; one host sync). NaN in any input is not an
+            -1e9, lam > 0 and finite; one host sync). NaN in any input is not an
             error: it gives NaN exactly where the maths does, on every backend.
     q, k, v, C and B share one dtype (float16, bfloat16, float32 or float64);
     log_alpha, theta and lam may have any of these (they are used in float32,
@@ -132,15 +160,19 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
     check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, check_values=False, softmax_scale=softmax_scale)
     softmax_scale = check_softmax_scale(softmax_scale)              # a float (or None) from here on
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
+    if check_inputs and cu_seqlens is None and torch.compiler.is_compiling():
+        from ._compile import checked_lam          # the value checks as an op of the graph (no v probe)
+        lam, check_inputs = checked_lam(log_alpha, lam), False
     # Values, in one sync; the kernel's route also needs to know whether v is finite.
-    v_finite = (check_attention_values(log_alpha, lam, probe_v=v if backend == "triton" else None)
+    v_finite = (check_attention_values(log_alpha, lam, probe_v=v if backend == "triton" else None, theta=theta,
+                                       scale=softmax_scale or 1.0 / math.sqrt(q.shape[-1]))
                 if check_inputs else None)
     if backend == "triton" and v_finite is False:
         # An inf in v: the kernel's diagonal tiles would multiply it by the 0 weight of
         # masked rows (NaN); sdpa's exact row-wise path keeps those rows as the maths has them.
         backend = "sdpa"
     if cu_seqlens is not None:
-        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0], values=check_inputs)
+        segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0], values=check_inputs, device=q.device)
         if backend == "triton":            # inside the kernels: launches independent of n_seqs
             C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend="triton",
                                                      cu_seqlens=cu_seqlens, check_inputs=False)
@@ -155,7 +187,7 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
         return q.new_empty(q.shape)
     if backend == "sdpa" and not fused_augment_available(q):   # the rotation folds into the Qhat/Khat build
         g, phi = scan_state(log_alpha, theta, state_dtype(q.dtype))
-        return sdpa_attention(q, k, v, C, B, g, lam, softmax_scale, phi=phi)
+        return _first_order(sdpa_attention(q, k, v, C, B, g, lam, softmax_scale, phi=phi), backend)
     scan_backend = backend if backend in ("naive", "triton") else "auto"   # sdpa: the fused scan on CUDA
     C_rot, B_rot, g, _ = ssm_importance_scan(C, B, log_alpha, theta, backend=scan_backend, check_inputs=False)
     return attention_from_scan(q, k, v, C_rot, B_rot, g, lam, softmax_scale=softmax_scale, backend=backend)

@@ -4,7 +4,8 @@ Runs every backend available on the device against the float64 naive path over a
 grid of shapes, dtypes and decay strengths (forward and all eight gradients),
 prints a table of errors with pass/fail, and exits non-zero on any failure.
 A default backend that cannot run on the device is skipped with a line saying why;
-one asked for with --backends is an error (exit 2), as is an unknown name.
+one asked for with --backends is an error (exit 2), as is an unknown name, and so is
+a selection that leaves nothing to check.
 """
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ def main(argv=None) -> int:
                  if not (bk == "triton" and (dt == "float64" or interpreted))]
         if interpreted and "triton" in backends:
             print(f"note: the long case ({LONG}) skips triton under the CPU interpreter (too slow)")
+    if not jobs:      # a run that checks nothing must not pass
+        p.error(f"nothing to check: backends {backends} with dtypes {args.dtypes} leave no case (naive and "
+                "triton skip float64: naive in float64 is the judge itself, the kernels are 16/32-bit); "
+                "add a dtype or a backend")
     header = f"{'backend':8} {'dtype':9} {'case':38} {'fwd err':>9} {'fwd tol':>9} {'worst grad (err/tol)':>24}  result"
     print(header)
     print("-" * len(header))

@@ -20,7 +20,7 @@ The decay is split into a query factor exp(g_i - c) and a key factor exp(c - g_j
   and, for one chunk, the Triton epilogue do the build.
 
 Shapes: q (b, t, h, d); k, v (b, t, hk, d); C_rot, B_rot (b, t, h, n); g (b, t, h)
-(float32, float64 for float64 inputs); lam (h,).
+(float64; the exponents g - c are taken in float64, then rounded); lam (h,).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from . import backends
 from ._checks import check_attention_inputs
-from .naive import naive_attention, naive_scan, rotate_pairs, state_dtype, unit_phasor
+from .naive import G_DTYPE, naive_attention, naive_scan, rotate_pairs, state_dtype, unit_phasor
 
 # Largest decay (nats) allowed inside one query chunk. The query factor is at most
 # exp(budget) and must stay far from the dtype's maximum after multiplying C_rot;
@@ -49,6 +49,8 @@ def plan_chunks(g: torch.Tensor, budget: float) -> list[tuple[int, int]]:
     if t == 0:
         return []
     if g.numel() == 0:                                             # no batch or no heads
+        return [(0, t)]
+    if g.device.type == "meta":                                    # no values: shapes only
         return [(0, t)]
     if not float((g.amax(1) - g.amin(1)).amax()) > budget:       # the common case (or NaN in, NaN out)
         return [(0, t)]
@@ -149,8 +151,8 @@ def _augment_torch(q, k, C, B, g, s, m0, m1, width, phi=None, phasor=None, reuse
     scale * s^2 = lam; reuse: build in the workspace; sums: see _widen. Returns both
     heads-first (b, h, ., width)."""
     c = g[:, m1 - 1 : m1]                                         # (b, 1, h): smallest g of the keys
-    a_q = torch.exp(g[:, m0:m1] - c) * s                          # (b, m, h) query factors
-    a_k = torch.exp(c - g[:, :m1]) * s                            # (b, m1, h) key factors, <= s
+    a_q = torch.exp((g[:, m0:m1] - c).to(s.dtype)) * s            # (b, m, h) query factors
+    a_k = torch.exp((c - g[:, :m1]).to(s.dtype)) * s              # (b, m1, h) key factors, <= s
     off = k.shape[1] - q.shape[1]
     rows = slice(m0 - off, m1 - off)                              # the chunk's rows of q and C
     if phi is None:
@@ -158,9 +160,38 @@ def _augment_torch(q, k, C, B, g, s, m0, m1, width, phi=None, phasor=None, reuse
     else:
         cq = rotate_pairs(C[:, rows], phi[:, m0:m1], phasor[:, m0:m1], scale=a_q)
         bk = rotate_pairs(B[:, :m1], phi[:, :m1], phasor[:, :m1], scale=a_k)
+    if q.dtype == torch.float16 and sums is not None:
+        cq, bk = _balance(cq, bk, sums)
     h = q.shape[2]
     return (_widen([q[:, rows], cq], width, h, "qhat" if reuse else None, sums),
             _widen([k[:, :m1], bk], width, h, "khat" if reuse else None, sums))
+
+
+def _balance(cq, bk, sums):
+    """float16: (b, m, h, n) query and (b, m1, h, n) key pieces rescaled by a power of
+    two per (batch, head), cq * sigma and bk / sigma (their products unchanged), so that
+    both peaks are about sqrt(max|cq| max|bk|): large |C| with small |B|, or a small
+    softmax_scale (s = sqrt(lam / scale) big), would otherwise overflow float16 on one
+    side only. Where even the balanced peak exceeds float16's range, appends to sums
+    (see overflow_check) so that the chunk takes the exact path."""
+    if not cq.numel() or not bk.numel():
+        return cq, bk
+    mq, mk = cq.detach().abs().amax(dim=(1, 3)), bk.detach().abs().amax(dim=(1, 3))     # (b, h)
+    sigma = torch.exp2(torch.round(torch.log2(mk / mq) / 2))
+    sigma = torch.where(torch.isfinite(sigma) & (sigma > 0), sigma, 1.0)     # a zero (or NaN) side: as is
+    overflow_check([torch.maximum(mq * sigma, mk / sigma)], torch.float16, sums)
+    sigma = sigma[:, None, :, None]
+    return cq * sigma, bk / sigma
+
+
+def overflow_check(pieces, dtype, sums):
+    """Append to sums a 0-d term that is inf where any element of ``pieces`` (tensors
+    in the state dtype) exceeds ``dtype``'s largest value, i.e. where it would turn to
+    inf on its copy into a ``dtype`` operand: all_finite then fails and the call takes
+    the exact path. Only float16 has a smaller range than the state dtype."""
+    peaks = [p.detach().abs().amax() for p in pieces if p.numel()]
+    if dtype == torch.float16 and peaks:
+        sums.append(torch.where(torch.stack(peaks).amax() > torch.finfo(dtype).max, math.inf, 0.0))
 
 
 def _augment_fused(q, k, C_rot, B_rot, g, lam, scale, width):
@@ -175,8 +206,9 @@ def _augment_fused(q, k, C_rot, B_rot, g, lam, scale, width):
 def all_finite(sums) -> bool:
     """Whether every summed element was finite, with one host sync: a NaN or inf
     anywhere makes its sum non-finite (a finite sum that overflows only sends the
-    call down the exact row-wise path of _exact_rows)."""
-    return bool(torch.isfinite(sum(sums)))
+    call down the exact row-wise path of _exact_rows). On the meta device: True."""
+    total = sum(sums)
+    return not isinstance(total, torch.Tensor) or total.device.type == "meta" or bool(torch.isfinite(total))
 
 
 def causal_args(m0, m1):
@@ -232,13 +264,17 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
     is one chunk, s = t and phi is None (default: where ``fused_augment_available``).
     Returns (b, s, h, d) in q's dtype.
     """
+    if torch.compiler.is_compiling():   # the host reads below: one opaque op in the graph instead
+        from ._compile import sdpa_attention_op
+        scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        return sdpa_attention_op(q, k, v, C_rot, B_rot, g, lam, scale, phi)
     b, sq, h, d = q.shape
     t = k.shape[1]
     off = t - sq                                                  # position of the first query
     n = C_rot.shape[-1]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     sd = state_dtype(q.dtype)
-    g = g.to(sd)
+    g = g.to(G_DTYPE)
     chunks = [(m0 + off, m1 + off) for m0, m1 in plan_chunks(g[:, off:].detach(), DECAY_BUDGET[q.dtype])]
     if fused_augment is None:
         fused_augment = fused_augment_available(q)
@@ -282,13 +318,15 @@ def paper_sdpa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=
     """
     check_attention_inputs(q, k, v, C, B, log_alpha, theta, lam, softmax_scale=softmax_scale)
     b, t, h, d = q.shape
+    if t == 0:
+        return q.new_empty(q.shape)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     C_rot, B_rot, g, _ = naive_scan(C, B, log_alpha, theta)
     c = (g.amax(dim=1, keepdim=True) + g.amin(dim=1, keepdim=True)) / 2
-    gc = g - c if clamp is None else (g - c).clamp(-clamp, clamp)
-    s = d ** 0.25 * torch.sqrt(lam.to(g.dtype))[:, None]
-    cbar = (torch.exp(gc)[..., None] * C_rot.to(g.dtype) * s).to(q.dtype)
-    bbar = (torch.exp(-gc)[..., None] * B_rot.to(g.dtype) * s).to(q.dtype)
+    gc = (g - c if clamp is None else (g - c).clamp(-clamp, clamp)).to(state_dtype(q.dtype))
+    s = torch.sqrt(lam.to(gc.dtype) / scale)[:, None]               # scale * s^2 = lam (d^(1/4) sqrt(lam) by default)
+    cbar = (torch.exp(gc)[..., None] * C_rot.to(gc.dtype) * s).to(q.dtype)
+    bbar = (torch.exp(-gc)[..., None] * B_rot.to(gc.dtype) * s).to(q.dtype)
     rep = h // k.shape[2]
     k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     qhat, khat = torch.cat((q, cbar), -1), torch.cat((k, bbar), -1)

@@ -56,7 +56,7 @@ def make_inputs(case: Case, dtype, device="cpu", seed=0) -> dict:
 def make_scanned(b, t, h, hk, d, n, dtype, log_alpha, device="cpu", seed=0, lam_dtype=torch.float32):
     """Inputs of the attention kernels, through the naive scan: [q, k, v, C_rot, B_rot,
     g, lam], with q, k, v (b, t, h|hk, d) and C_rot, B_rot (b, t, h, n) in ``dtype``,
-    g (b, t, h) float32, lam (h,) in ``lam_dtype``. log_alpha: the mean per-token
+    g (b, t, h) float64, lam (h,) in ``lam_dtype``. log_alpha: the mean per-token
     log-decay (<= 0), e.g. -0.005 (weak) or -1.0 (strong)."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -69,7 +69,7 @@ def make_scanned(b, t, h, hk, d, n, dtype, log_alpha, device="cpu", seed=0, lam_
     theta = rnd(b, t, h, n // 2, scale=0.3)
     C_rot, B_rot, g, _ = naive_scan(C.to(dtype), B.to(dtype), la, theta)
     lam = (torch.rand(h, generator=gen) + 0.3).to(device, lam_dtype)
-    return [q.to(dtype), k.to(dtype), v.to(dtype), C_rot, B_rot, g.float(), lam]
+    return [q.to(dtype), k.to(dtype), v.to(dtype), C_rot, B_rot, g, lam]
 
 
 def run(fn, inputs: dict, dout=None):

@@ -9,15 +9,20 @@ from __future__ import annotations
 import torch
 
 
-def check_cu_seqlens(cu_seqlens, total: int, batch: int, values: bool = True) -> list[tuple[int, int]] | None:
+def check_cu_seqlens(cu_seqlens, total: int, batch: int, values: bool = True,
+                     device=None) -> list[tuple[int, int]] | None:
     """Validate ``cu_seqlens`` and return the (start, end) pairs (one host sync); with
-    values=False only its type, dtype, shape and the batch (no sync; returns None)."""
+    values=False only its type, dtype, shape, device (the inputs', when given) and the
+    batch (no sync; returns None)."""
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dtype != torch.int32:
         raise ValueError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         raise ValueError(f"cu_seqlens must be 1-D with n_seqs + 1 entries, got shape {tuple(cu_seqlens.shape)}")
+    if device is not None and cu_seqlens.device != torch.device(device):
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but the inputs are on {device}; "
+                         "put it on the inputs' device")
     if batch != 1:
         raise ValueError(f"with cu_seqlens the inputs must be packed into batch 1, got batch {batch}")
     if not values:

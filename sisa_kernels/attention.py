@@ -15,9 +15,12 @@ The decay is taken inside the tile, never factorised over the sequence:
 - key blocks on the diagonal use exp(min(g_i - g_j, 0)) per element (a min that keeps
   NaN), with the exponent set to 0 where the causal mask removes the entry (no inf * 0);
 - key blocks above the diagonal are skipped.
+Every difference of g is taken from float32 (hi, lo) pairs split from the float64
+g (``load_g``, ``g_sub``): exact to float32 rounding of the difference itself at any
+|g|, with float32 arithmetic on the tiles.
 
 Shapes: q (b, t, h, d); k, v (b, t, hk, d); C_rot, B_rot (b, t, h, n);
-g (b, t, h) float32; lam (h,) float32. Output (b, t, h, d) in q's dtype and
+g (b, t, h) float64 (float32 works, with the precision it has); lam (h,) float32. Output (b, t, h, d) in q's dtype and
 the log-sum-exp lse (b, h, t) float32 (natural log) for the backward.
 Head dims and d_state are padded to powers of two (>= 16) with masked loads.
 16-bit inputs use 16-bit tensor-core products with float32 accumulation; float32
@@ -107,16 +110,28 @@ def logit_scales(LAM, hi, qk_scale):
 
 @triton.jit
 def load_g(g_base, idx, ok, sg_t):
-    """g at positions idx, float32. It stays in natural units: scaling g by log2 e
-    before the difference g_i - g_j would round each |g| ~ 1e4 term by ~1e-3."""
-    return tl.load(g_base + idx * sg_t, mask=ok, other=0.0).to(tl.float32)
+    """g at positions idx (float64 in memory) as a float32 pair (hi, lo): hi = g
+    rounded to float32, lo = g - hi rounded to float32 (hi + lo = g to ~1e-15
+    relative). It stays in natural units: scaling by log2 e would round it."""
+    g = tl.load(g_base + idx * sg_t, mask=ok, other=0.0)
+    hi = g.to(tl.float32)
+    return hi, (g - hi.to(g.dtype)).to(tl.float32)
+
+
+@triton.jit
+def g_sub(a_hi, a_lo, b_hi, b_lo):
+    """g_a - g_b from (hi, lo) pairs (already broadcast), in float32: hi_a - hi_b is
+    exact where the two are within a factor 2 of each other (Sterbenz), so nearby
+    tokens' differences keep float32 accuracy however large |g| is; far apart ones
+    are rounded only once, relative to the difference itself."""
+    return (a_hi - b_hi) + (a_lo - b_lo)
 
 
 @triton.jit
 def query_rows(q_base, c_base, g_base, rows, row_ok, m0, q_off, sq_t, sq_d, sc_t, sc_n, sg_t,
                offs_d, d_ok, offs_s, s_ok):
     """A query block's q and raw Cr tiles (query rows), and g at the rows' positions
-    (row + q_off) and at the first row's, p0 = m0 + q_off."""
+    (row + q_off) and at the first row's, p0 = m0 + q_off (``load_g``'s pairs)."""
     q = load_rows(q_base, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
     cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
     return (q, cr, load_g(g_base, rows + q_off, row_ok, sg_t),
@@ -142,6 +157,7 @@ def key_tile(g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
     """Key tile [n0, n0 + BLOCK_N) against a query block (rows offs_m), as the forward
     and the dq backward both use it. Returns (k, v, br, dec, keep): the k, v and raw
     Br tiles; the decay factor of the query block's (cr br^T) products and the mask.
+    g_i, g_m0 and the keys' g are ``load_g``'s (hi, lo) pairs.
 
     DIAG False: keys j < m0; the caller's cr holds Cr_i exp(g_i - g_m0) and dec is the
     column factor exp(g_m0 - g_j) (both <= 1), applied to the product, never written
@@ -156,18 +172,21 @@ def key_tile(g_i, g_m0, offs_m, start_i, n0, k_base, v_base, b_base, g_base,
     k = load_rows(k_base, cols, col_ok, sk_t, offs_d, d_ok, sk_d)
     v = load_rows(v_base, cols, col_ok, sv_t, offs_d, d_ok, sv_d)
     br = load_rows(b_base, cols, col_ok, sb_t, offs_s, s_ok, sb_n)
-    g_j = load_g(g_base, cols, col_ok, sg_t)
+    gj_hi, gj_lo = load_g(g_base, cols, col_ok, sg_t)
     if DIAG:
         keep = (offs_m[:, None] >= offs_j[None, :]) & col_ok[None, :] & (offs_m < T)[:, None]
         if IS_VARLEN:
             keep &= offs_j[None, :] >= start_i[:, None]
-        dec = tl.exp(tl.where(keep, neg_part(g_i[:, None] - g_j[None, :]), 0.0))
+        gi_hi, gi_lo = g_i
+        expo = g_sub(gi_hi[:, None], gi_lo[:, None], gj_hi[None, :], gj_lo[None, :])
+        dec = tl.exp(tl.where(keep, neg_part(expo), 0.0))
     else:
         if IS_VARLEN:
             keep = offs_j[None, :] >= start_i[:, None]
         else:
             keep = True
-        dec = tl.exp(neg_part(g_m0 - g_j))[None, :]
+        gm_hi, gm_lo = g_m0
+        dec = tl.exp(neg_part(g_sub(gm_hi, gm_lo, gj_hi, gj_lo)))[None, :]
     return k, v, br, dec, keep
 
 
@@ -244,7 +263,8 @@ def _sisa_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     # Keys j < n_split <= p0: the query factor exp(g_i - g_p0) <= 1 goes on the Cr rows once.
-    cr_f = (cr.to(tl.float32) * tl.exp(neg_part(g_i - g_m0))[:, None]).to(cr.dtype)
+    row_f = tl.exp(neg_part(g_sub(g_i[0], g_i[1], g_m0[0], g_m0[1])))
+    cr_f = (cr.to(tl.float32) * row_f[:, None]).to(cr.dtype)
     acc, m_i, l_i = _fwd_blocks(acc, m_i, l_i, q, cr_f, g_i, g_m0, pos_m, start_i, n_lo, n_split,
                                 k_base, v_base, b_base, g_base, sk_t, sk_d, sv_t, sv_d, sb_t, sb_n, sg_t,
                                 offs_d, d_ok, offs_s, s_ok, T, c_scale, s_scale,

@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .attention import (block_offsets, key_tile, load_g, load_rows, logit_scales, logits, neg_part,
-                        padded, query_rows, sequence_starts, state_padded, tile_dot, upcast_dot)
+from .attention import (block_offsets, g_sub, key_tile, load_g, load_rows, logit_scales, logits,
+                        neg_part, padded, query_rows, sequence_starts, state_padded, tile_dot, upcast_dot)
 
 
 @triton.jit
@@ -96,7 +96,7 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
     exp(g_a - g_j); the row factor exp(g_i - g_a) scales the products (dec), never an
     operand. DIAG True: br holds the raw Br rows; per-element decay under the causal
     mask. Either way x = dec * (br cr^T) and acc_db gets (dS * dec)^T Cr (_grad_step).
-    IS_VARLEN: a query sees only keys of its own sequence.
+    IS_VARLEN: a query sees only keys of its own sequence. g_j, g_a: ``load_g`` pairs.
     """
     for m0 in range(m_lo, m_hi, BLOCK_IN):
         offs_i = m0 + tl.arange(0, BLOCK_IN)              # query rows; their positions: + q_off
@@ -105,7 +105,7 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
         q = load_rows(q_base, rows, row_ok, sq_t, offs_d, d_ok, sq_d)
         do = load_rows(do_base, rows, row_ok, sdo_t, offs_d, d_ok, sdo_d)
         cr = load_rows(c_base, rows, row_ok, sc_t, offs_s, s_ok, sc_n)
-        g_i = load_g(g_base, rows + q_off, row_ok, sg_t)
+        gi_hi, gi_lo = load_g(g_base, rows + q_off, row_ok, sg_t)
         lse = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
         keep = row_ok[None, :]
@@ -113,9 +113,10 @@ def _dkv_blocks(acc_dk, acc_dv, acc_db, col_g, k, v, br, g_j, g_a, offs_n, m_lo,
             keep &= offs_n[:, None] >= tl.load(SEQ_START + rows, mask=row_ok, other=0)[None, :]
         if DIAG:
             keep &= (offs_i + q_off)[None, :] >= offs_n[:, None]
-            dec = tl.exp(tl.where(keep, neg_part(g_i[None, :] - g_j[:, None]), 0.0))
+            expo = g_sub(gi_hi[None, :], gi_lo[None, :], g_j[0][:, None], g_j[1][:, None])
+            dec = tl.exp(tl.where(keep, neg_part(expo), 0.0))
         else:
-            dec = tl.exp(neg_part(g_i - g_a))[None, :]
+            dec = tl.exp(neg_part(g_sub(gi_hi, gi_lo, g_a[0], g_a[1])))[None, :]
         acc_dk, acc_db, acc_dv, col_g = _grad_step(k, br, v, q, cr, do, dec, keep, lse, delta, c_scale, s_scale,
                                                    acc_dk, acc_db, acc_dv, col_g, True, True, UPCAST)
     return acc_dk, acc_dv, acc_db, col_g
@@ -177,7 +178,7 @@ def _sisa_bwd_dkv_kernel(
         acc_db = tl.zeros([BLOCK_OUT, N_PAD], dtype=tl.float32)     # dBr / lam
         col_g = tl.zeros([BLOCK_OUT], dtype=tl.float32)
 
-        key_f = tl.exp(neg_part(g_a - g_j))
+        key_f = tl.exp(neg_part(g_sub(g_a[0], g_a[1], g_j[0], g_j[1])))
         br_f = (br.to(tl.float32) * key_f[:, None]).to(br.dtype)
         acc_dk, acc_dv, acc_db, col_g = _dkv_blocks(
             acc_dk, acc_dv, acc_db, col_g, k, v, br_f, g_j, g_a, offs_n, after, m_hi, q_off,
@@ -269,7 +270,7 @@ def _sisa_bwd_dq_kernel(
     row_g = tl.zeros([BLOCK_OUT], dtype=tl.float32)
 
     # Keys j < n_split <= p0: the query factor exp(g_i - g_p0) <= 1 goes on the Cr rows once.
-    row_f = tl.exp(neg_part(g_i - g_m0))
+    row_f = tl.exp(neg_part(g_sub(g_i[0], g_i[1], g_m0[0], g_m0[1])))
     cr_f = (cr.to(tl.float32) * row_f[:, None]).to(cr.dtype)
     acc_dq, acc_dc, row_g = _dq_blocks(
         acc_dq, acc_dc, row_g, q, do, cr_f, g_i, g_m0, lse, delta, pos_m, start_i, n_lo, n_split,
@@ -351,5 +352,5 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     # dg_t = lam (row sums of G at position t, for the query there) - lam (column sums at t)
     diff = -col_g
     diff[..., t - s:] += row_g
-    dg = (lam32[None, :, None] * diff).transpose(1, 2).contiguous().to(g.dtype)
+    dg = (lam32[None, :, None] * diff).transpose(1, 2).contiguous().to(g.dtype)   # float32 sums, in g's dtype
     return dq, dk, dv, dcr, dbr, dg, dlam

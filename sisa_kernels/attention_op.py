@@ -4,8 +4,9 @@ public differentiable function ``sisa_attn``.
     sisa_attn(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None) -> out
 
 q (b, t, h, d); k, v (b, t, hk, d) with hk dividing h (q head i uses kv head
-i // (h // hk)); C_rot, B_rot (b, t, h, n); g (b, t, h) float32, non-increasing
-along t; lam (h,) (any float dtype, used in float32); softmax_scale defaults to
+i // (h // hk)); C_rot, B_rot (b, t, h, n); g (b, t, h), non-increasing along t,
+used in float64 (a float32 g is converted: its own rounding stays, see docs/design.md
+section 5); lam (h,) (any float dtype, used in float32); softmax_scale defaults to
 1/sqrt(d). Returns out (b, t, h, d) in q's dtype:
 
     out_i = softmax_j(scale q_i.k_j + lam exp(g_i - g_j) Cr_i.Br_j, j <= i) @ v
@@ -97,5 +98,6 @@ def sisa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C_rot: torch.Te
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     bounds = None if cu_seqlens is None else sequence_bounds(cu_seqlens, q.shape[1])
+    g = g.to(torch.float64)                 # the kernels split it into float32 (hi, lo) pairs
     out, _ = _attn_fwd_op(q, k, v, C_rot, B_rot, g, lam.contiguous(), float(softmax_scale), bounds)
     return out

@@ -52,9 +52,9 @@ def _augment_fwd_kernel(
     k = tl.load(K + i_b * s_kb + rows[:, None] * s_kt + i_hk * s_kh + cd[None, :], mask=mask_d)
     tl.store(KH + out[:, None] + cd[None, :], k.to(KH.dtype.element_ty), mask=mask_d)
 
-    # Masked rows get g = c: the exponent stays finite (no inf * 0).
-    x = tl.load(G + (i_b * T + rows) * H + i_h, mask=mask_t, other=0.0).to(tl.float32)
-    x = tl.where(mask_t, x - tl.load(OFF + pid_bh).to(tl.float32), 0.0)
+    # Masked rows get g = c: the exponent stays finite (no inf * 0). g - c in float64.
+    x = tl.load(G + (i_b * T + rows) * H + i_h, mask=mask_t, other=0.0)
+    x = tl.where(mask_t, (x - tl.load(OFF + pid_bh)).to(tl.float32), 0.0)
     s = tl.load(S + i_h).to(tl.float32)
     ssm = ((i_b * T + rows[:, None]) * H + i_h) * N + cn[None, :]
     cr = tl.load(CR + ssm, mask=mask_n, other=0.0).to(tl.float32)
@@ -91,8 +91,8 @@ def _augment_bwd_kernel(
     for j in range(0, H // HK):
         i_h = i_hk * (H // HK) + j
         row = (i_b * T + rows) * H + i_h                         # (b, t, h) flat index
-        x = tl.load(G + row, mask=mask_t, other=0.0).to(tl.float32)
-        x = tl.where(mask_t, x - tl.load(OFF + i_b * H + i_h).to(tl.float32), 0.0)
+        x = tl.load(G + row, mask=mask_t, other=0.0)
+        x = tl.where(mask_t, (x - tl.load(OFF + i_b * H + i_h)).to(tl.float32), 0.0)
         s = tl.load(S + i_h).to(tl.float32)
         ssm = row[:, None] * N + cn[None, :]
         dg = tl.zeros([BLOCK_T], dtype=tl.float32)
@@ -249,9 +249,9 @@ def augment_qk(q: torch.Tensor, k: torch.Tensor, C_rot: torch.Tensor, B_rot: tor
         q:      (b, t, h, d)      fp32, fp16 or bf16 (k the same dtype)
         k:      (b, t, hk, d)     hk divides h; repeated to h heads in Khat
         C_rot, B_rot: (b, t, h, n) rotated SSM projections (from ``ssm_scan``)
-        g:      (b, t, h)         float32 cumulative log-decay
+        g:      (b, t, h)         float64 cumulative log-decay (g - c is taken in float64)
         lam:    (h,)              > 0; s = d**0.25 sqrt(lam) per head
-        c:      (b, h)            float32 offset; exp(g - c) is not clamped
+        c:      (b, h)            float64 offset; exp(g - c) is not clamped
         width:  last dim of the outputs, >= d + n (default d + n); zero padded
     Returns:
         Qhat, Khat: (b, t, h, width) in q's dtype,
@@ -273,4 +273,4 @@ def augment_qk(q: torch.Tensor, k: torch.Tensor, C_rot: torch.Tensor, B_rot: tor
                                                       (q, k, C_rot, B_rot, g, lam, c)))
             + f", width {width}")
     s = d ** 0.25 * lam.float().sqrt()
-    return augment_fwd(q, k, C_rot, B_rot, g, s, c, width)
+    return augment_fwd(q, k, C_rot, B_rot, g.to(torch.float64), s, c.to(torch.float64), width)

@@ -6,7 +6,9 @@
 The s queries are the last s of the L live cache positions (L = T, the cache's
 length, unless ``lengths`` gives each batch row its own), so query i sees keys
 j <= L - s + i and its own cumulative log-decay is g_qi = g[L - s + i]. The decay
-is taken as a difference per element, never factorised over the sequence.
+is taken as a difference per element, never factorised over the sequence, and
+in float64 from the float64 g (then rounded to float32): exact to float32 at any
+|g| (docs/design.md section 5).
 
 Flash-decoding: with only s (1..16) query rows there is too little work per
 (batch, head) to fill a GPU, so the key axis is cut into splits as well.
@@ -28,7 +30,7 @@ Flash-decoding: with only s (1..16) query rows there is too little work per
 
 Shapes: q (b, s, h, d); k, v (b, T, hk, d), hk divides h (query head i uses kv
 head i // (h // hk)); C_rot (b, s, h, n); B_rot (b, T, h, n); g (b, T, h)
-float32; lam (h,); lengths (b,) int32 or None; key_mask (b, T) bool or None (pads of
+float64 (float32 works, with the precision it has); lam (h,); lengths (b,) int32 or None; key_mask (b, T) bool or None (pads of
 left-padded batches: never keys). Any strides (the cache is
 typically a view ``buf[:, :T]``). float16, bfloat16 or float32 inputs (float64
 decoding runs the exact reference paths); products accumulate in float32; head dim
@@ -91,7 +93,7 @@ def _decode_split_kernel(
     c_rows = bi * sc_b + qi.to(tl.int64) * sc_s + head * sc_h
     cr = tl.load(CR + c_rows[:, None] + offs_c[None, :] * sc_n, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
     g_rows = G + bi * sg_b + head * sg_h                # (BLOCK_M,) pointers: each row's head
-    g_q = tl.load(g_rows + pos.to(tl.int64) * sg_t, mask=row_ok, other=0.0).to(tl.float32)
+    g_q = tl.load(g_rows + pos.to(tl.int64) * sg_t, mask=row_ok, other=0.0)      # g's dtype (float64)
     # Both logit terms in base 2: softmax uses exp2.
     c_scale = qk_scale * 1.4426950408889634
     s_scale = tl.load(LAM + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
@@ -116,13 +118,14 @@ def _decode_split_kernel(
                              mask=col_ok[:, None] & c_ok[None, :], other=0.0)
                 x = tl.where((hh == j)[:, None], tile_dot(cr, tl.trans(br), UPCAST), x)
         g_j = tl.load(g_rows[:, None] + cols[None, :] * sg_t, mask=row_ok[:, None] & col_ok[None, :],
-                      other=0.0).to(tl.float32)
+                      other=0.0)
         seen = row_ok[:, None] & col_ok[None, :] & (cols[None, :] <= pos[:, None])
         if HAS_KEY_MASK:                               # pads are never keys (a query still sees itself)
             real = tl.load(KEYS + bi * sm_b + cols * sm_t, mask=col_ok, other=0) != 0
             seen &= real[None, :] | (cols[None, :] == pos[:, None])
-        # exp(min(g_q - g_j, 0)); exponent 0 where unseen, so nothing is inf * 0.
-        decay = tl.exp(tl.where(seen, neg_part(g_q[:, None] - g_j), 0.0))
+        # exp(min(g_q - g_j, 0)); exponent 0 where unseen, so nothing is inf * 0. The
+        # difference is taken in g's dtype, then rounded to float32.
+        decay = tl.exp(tl.where(seen, neg_part((g_q[:, None] - g_j).to(tl.float32)), 0.0))
         s = tile_dot(q, tl.trans(k), UPCAST) * c_scale + decay * x * s_scale[:, None]
         s = tl.where(seen, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -223,7 +226,7 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=No
     """SISA attention of the s newest queries over a cache (forward only).
 
     q (b, s, h, d); k, v (b, T, hk, d); C_rot (b, s, h, n); B_rot (b, T, h, n);
-    g (b, T, h) float32 (cumulative log-decay of all T positions); lam (h,).
+    g (b, T, h) float64 (cumulative log-decay of all T positions); lam (h,).
     lengths: None (every batch row's cache holds T live positions) or a (b,) int32
     device tensor of live lengths s <= L <= T, read by the kernel (no host sync),
     so one CUDA graph captured over capacity-T buffers replays as the lengths grow;
@@ -238,6 +241,7 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=No
     b, s, h, d = q.shape
     T, hk = k.shape[1], k.shape[2]
     n = C_rot.shape[3]
+    g = g.to(torch.float64)                            # differences taken in float64 (a no-op for the cache's g)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     out = torch.empty((b, s, h, d), dtype=q.dtype, device=q.device)
     if b * h == 0 or d == 0:

@@ -31,7 +31,7 @@ def sisa_decode_splits(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, num_sp
     for j0 in range(0, T, chunk):
         j1 = min(j0 + chunk, T)
         visible = pos >= torch.arange(j0, j1, device=q.device)[None, :]          # (s, j1 - j0)
-        expo = (gq[..., :, None] - gk[:, :, None, j0:j1]).clamp(max=0).masked_fill(~visible, 0)
+        expo = (gq[..., :, None] - gk[:, :, None, j0:j1]).clamp(max=0).masked_fill(~visible, 0).to(qh.dtype)
         score = scale * qh @ kh[:, :, j0:j1].transpose(-1, -2) \
             + lam * torch.exp(expo) * (crh @ brh[:, :, j0:j1].transpose(-1, -2))
         score = score.masked_fill(~visible, -math.inf)

@@ -13,7 +13,11 @@ g_last, phi_last on exit (the backward does the same with the gradients). The
 backward walks the chunks in reverse: two reverse cumulative sums (of dg and of
 dPhi) plus the rotation's adjoint; it rebuilds Phi from the final state as
 Phi_t = Phi_last - sum_{s>t} theta_s, so no Phi is stored between the passes.
-State (g, Phi, totals, cos/sin) is float32, or float64 for float64 inputs.
+g, its states and its running total are float64 whatever the inputs' dtype: a
+float32 g spaced 1e-3..6e-2 nats apart at |g| ~ 1e4..1e6 would make g_i - g_j of
+nearby tokens wrong by that much (docs/design.md section 5). The other state (Phi,
+its totals, cos/sin) is float32, or float64 for float64 inputs; the gradients of g
+(dlog_alpha, dg0) are accumulated in that dtype too.
 """
 
 import os
@@ -129,15 +133,15 @@ def _scan_fwd_kernel(
     i_b, i_h, pid_bh, p, mask_p = _program(H, P, BLOCK_P)
     dt = tl.arange(0, BLOCK_T)
 
-    # g: one scalar per step, done by the first pair block only.
+    # g: one scalar per step, done by the first pair block only, in float64.
     if tl.program_id(0) == 0:
-        g_carry = tl.zeros([], dtype=ACC)
+        g_carry = tl.zeros([], dtype=tl.float64)
         for t0 in range(0, T, BLOCK_T):
             rows = (t0 + dt).to(tl.int64)
             mask_t = rows < T
             is_start, is_end, state = _segments(rows, mask_t, i_b, i_h, H, T, CU, SEQ, IS_VARLEN)
-            la = tl.load(LA + i_b * s_lb + rows * s_lt + i_h * s_lh, mask=mask_t, other=0.0).to(ACC)
-            la += tl.load(G0 + state, mask=is_start != 0, other=0.0).to(ACC)
+            la = tl.load(LA + i_b * s_lb + rows * s_lt + i_h * s_lh, mask=mask_t, other=0.0).to(tl.float64)
+            la += tl.load(G0 + state, mask=is_start != 0, other=0.0).to(tl.float64)
             la += tl.where((dt == 0) & (is_start == 0), g_carry, 0.0)
             g = _seg_cumsum(la, is_start, False)
             tl.store(G + (i_b * T + rows) * H + i_h, g, mask=mask_t)
@@ -257,6 +261,9 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+G_DTYPE = torch.float64     # g, g0, g_last: differences of nearby tokens stay exact at any |g|
+
+
 def _block_sizes(n_pairs: int, n_bh: int, device: torch.device, elements: int = 1024) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_P, num_warps). Interpreter: small fixed chunks. CUDA: narrow
     the pair block until there are ~4 programs per SM (the loop over t is serial),
@@ -316,8 +323,8 @@ def _scan_fwd(C, B, log_alpha, theta, g0, phi0, cu_seqlens=None):
     n_states = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
     C_rot = torch.empty(C.shape, dtype=_store_dtype(C.dtype), device=dev)
     B_rot = torch.empty(B.shape, dtype=_store_dtype(B.dtype), device=dev)
-    g = torch.empty(b, t, h, dtype=sd, device=dev)
-    g0, phi0 = _states(g0, n_states, (h,), sd, dev), _states(phi0, n_states, (h, P), sd, dev)
+    g = torch.empty(b, t, h, dtype=G_DTYPE, device=dev)
+    g0, phi0 = _states(g0, n_states, (h,), G_DTYPE, dev), _states(phi0, n_states, (h, P), sd, dev)
     g_last, phi_last = g0.clone(), phi0.clone()        # an empty sequence keeps its initial state
     if t > 0 and b * h > 0:
         C, B = _same_strides(C, B)
@@ -383,7 +390,7 @@ def _(C, B, log_alpha, theta, g0, phi0, cu_seqlens=None):
     n_states = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
     return (torch.empty_like(C, memory_format=torch.contiguous_format),
             torch.empty_like(B, memory_format=torch.contiguous_format),
-            C.new_empty(b, t, h, dtype=sd), C.new_empty(n_states, h, dtype=sd),
+            C.new_empty(b, t, h, dtype=G_DTYPE), C.new_empty(n_states, h, dtype=G_DTYPE),
             C.new_empty(n_states, h, n // 2, dtype=sd))
 
 
@@ -475,10 +482,12 @@ def ssm_scan(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: t
     Returns:
         C_rot, B_rot: (b, t, h, n) in C's / B's dtype, contiguous:
                       R(Phi_t) applied to each interleaved pair (z[2m], z[2m+1]).
-        g:            (b, t, h)      g0 + cumsum_t(log_alpha)
-        g_last:       (b, h)         g[:, -1]; g0 (or zeros) when t == 0
+        g:            (b, t, h)      g0 + cumsum_t(log_alpha), float64
+        g_last:       (b, h)         g[:, -1]; g0 (or zeros) when t == 0, float64
         phi_last:     (b, h, n/2)    Phi[:, -1]; phi0 (or zeros) when t == 0
-    g, g_last, phi_last are float32 (float64 when C is float64). Inputs may be
+    g and g_last are float64 for every input dtype (summed in float64: nearby
+    differences g_i - g_j keep float32 accuracy at any |g|); phi_last is float32
+    (float64 when C is float64). Inputs may be
     non-contiguous: the kernels read C, B, log_alpha, theta through their strides
     (C and B are copied once if their strides differ); g0, phi0 are copied and incoming
     gradients are made contiguous. Runs on CUDA, or on CPU under TRITON_INTERPRET=1.

@@ -25,12 +25,12 @@ def scan_ref(C, B, log_alpha, theta, g0=None, phi0=None, chunk=32):
     """Forward: returns (C_rot, B_rot, g, g_last, phi_last)."""
     b, t, h, n = C.shape
     sd = _state_dtype(C.dtype)
-    g_carry = g0.to(sd) if g0 is not None else C.new_zeros(b, h, dtype=sd)
+    g_carry = g0.to(torch.float64) if g0 is not None else C.new_zeros(b, h, dtype=torch.float64)
     phi_carry = phi0.to(sd) if phi0 is not None else C.new_zeros(b, h, n // 2, dtype=sd)
     C_rot, B_rot, g = [], [], []
     for t0 in range(0, t, chunk):
         sl = slice(t0, t0 + chunk)
-        g_c = log_alpha[:, sl].to(sd).cumsum(1) + g_carry[:, None]        # (b, T, h)
+        g_c = log_alpha[:, sl].to(torch.float64).cumsum(1) + g_carry[:, None]   # (b, T, h) float64
         phi = theta[:, sl].to(sd).cumsum(1) + phi_carry[:, None]          # (b, T, h, n/2)
         g_carry, phi_carry = g_c[:, -1], phi[:, -1]
         cos, sin = phi.cos(), phi.sin()
@@ -38,7 +38,7 @@ def scan_ref(C, B, log_alpha, theta, g0=None, phi0=None, chunk=32):
         B_rot.append(_rotate(B[:, sl].to(sd), cos, sin).to(B.dtype))
         g.append(g_c)
     if t == 0:
-        return C.clone(), B.clone(), C.new_zeros(b, 0, h, dtype=sd), g_carry, phi_carry
+        return C.clone(), B.clone(), C.new_zeros(b, 0, h, dtype=torch.float64), g_carry, phi_carry
     return torch.cat(C_rot, 1), torch.cat(B_rot, 1), torch.cat(g, 1), g_carry, phi_carry
 
 
@@ -83,7 +83,7 @@ def augment_ref(q, k, C_rot, B_rot, g, lam, c, width=None):
     width = d + n if width is None else width
     sd = _state_dtype(q.dtype)
     s = d ** 0.25 * lam.to(sd).sqrt()[:, None]                     # (h, 1)
-    x = (g.to(sd) - c.to(sd)[:, None])[..., None]                  # (b, t, h, 1)
+    x = (g.double() - c.double()[:, None]).to(sd)[..., None]       # (b, t, h, 1); g - c in float64
     pad = q.new_zeros(b, t, h, width - d - n)
     k_rep = k.repeat_interleave(h // k.shape[2], dim=2)
     Qh = torch.cat([q, (s * x.exp() * C_rot.to(sd)).to(q.dtype), pad], -1)

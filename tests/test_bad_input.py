@@ -381,3 +381,138 @@ def test_non_finite_v_is_exact(value, backend):
     assert torch.equal(~torch.isfinite(ref), hit)                # the maths, as described
     assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.equal(torch.isinf(out), torch.isinf(ref))
     assert (out.double() - ref).abs()[~hit].max() < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1e38, 3e30, 1e-31, 1e-45])
+def test_softmax_scale_beyond_float32(scale, no_compute):
+    """A scale float32 cannot hold or multiply by with headroom gave NaN on every
+    backend (issue 20): a ValueError naming softmax_scale, on every backend and the
+    paper's baseline."""
+    for backend in sisa.available_backends(DEVICE):
+        raises_naming("softmax_scale", good(), ValueError, softmax_scale=scale, backend=backend)
+    with pytest.raises(ValueError, match="softmax_scale"):
+        sisa.paper_sdpa_attention(*(good()[k] for k in NAMES), softmax_scale=scale)
+
+
+@pytest.mark.parametrize("what", ["lam float64 1e300", "lam float32 1e38", "lam over a tiny scale",
+                                  "theta float64 1e39"])
+def test_scalars_beyond_float32(what, no_compute):
+    """float64 values past float32's range (lam 1e300, theta 1e39), lam 1e38 in float32,
+    or lam / softmax_scale past 1e30 (sdpa's s = sqrt(lam / scale)): NaN on every
+    backend where the maths is finite (issue 20). Now a ValueError naming the argument."""
+    x, kw = good(), {}
+    if what == "lam float64 1e300":
+        x["lam"] = torch.full_like(x["lam"], 1e300, dtype=torch.float64)
+    elif what == "lam float32 1e38":
+        x["lam"] = torch.full_like(x["lam"], 1e38)
+    elif what == "lam over a tiny scale":
+        x["lam"] = torch.full_like(x["lam"], 100.0)
+        kw["softmax_scale"] = 1e-29
+    else:
+        x["theta"] = x["theta"].double()
+        x["theta"][1, 2, 3, 1] = 1e39
+    name = "theta" if what.startswith("theta") else "lam"
+    for backend in sisa.available_backends(DEVICE):
+        raises_naming(name, x, ValueError, backend=backend, **kw)
+    if name == "theta":
+        with pytest.raises(ValueError, match="theta"):
+            sisa.ssm_importance_scan(x["C"], x["B"], x["log_alpha"], x["theta"])
+
+
+def test_large_representable_scalars_run():
+    """Just inside the limits: finite and exact (float64 judge)."""
+    x = good()
+    x["theta"][0, 0, 0, 0] = 1e3
+    x["lam"][0] = 1e6
+    ref = call({k: v.double() for k, v in x.items()}, backend="naive")
+    for backend in sisa.available_backends(DEVICE):
+        assert (call(x, backend=backend).double() - ref).abs().max() < 1e-4, backend
+
+
+@pytest.mark.parametrize("scale", [0.7, 0.05, 2.0])
+def test_paper_baseline_custom_scale(scale):
+    """paper_sdpa_attention(softmax_scale=s) scaled the SSM term by s sqrt(d) (error
+    1.69 at s = 0.7): it computes the paper's formula, SSM term unscaled, for any scale
+    (no clamp engages at this decay)."""
+    x = {k: v.double() for k, v in good(t=9).items()}
+    ref = call(x, backend="naive", softmax_scale=scale)
+    out = sisa.paper_sdpa_attention(*(x[k] for k in NAMES), softmax_scale=scale)
+    assert (out - ref).abs().max() < 1e-10
+
+
+def test_paper_baseline_empty_sequence():
+    """t = 0 passed validation and then crashed in amax."""
+    x = good(t=0)
+    out = sisa.paper_sdpa_attention(*(x[k] for k in NAMES))
+    assert out.shape == x["q"].shape
+
+
+@pytest.mark.parametrize("check_inputs", [True, False])
+@pytest.mark.parametrize("backend", sisa.available_backends(DEVICE))
+def test_cu_seqlens_on_another_device(backend, check_inputs):
+    """cu_seqlens on another device than the inputs (meta counts as one) was never
+    checked: triton read garbage (outputs of 1e19) with check_inputs=False, the
+    reference paths failed with an unrelated error. A ValueError naming cu_seqlens,
+    from the op, the scan, the layer and the model (no host sync needed)."""
+    x = {k: v[:1] if k != "lam" else v for k, v in good().items()}
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32, device="meta")
+    raises_naming("cu_seqlens", x, ValueError, backend=backend, cu_seqlens=cu, check_inputs=check_inputs)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        sisa.ssm_importance_scan(x["C"], x["B"], x["log_alpha"], x["theta"], cu_seqlens=cu, check_inputs=check_inputs)
+    from sisa.model import SISAConfig, SISAModel
+    for use_ssm in (True, False):
+        model = SISAModel(SISAConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=1, d_state=4, d_ff=16,
+                                     use_ssm=use_ssm)).to(DEVICE)
+        ids = torch.zeros(1, 5, dtype=torch.long, device=DEVICE)
+        with pytest.raises(ValueError, match="cu_seqlens"):
+            model(ids, cu_seqlens=cu, check_inputs=check_inputs)
+        with pytest.raises(ValueError, match="cu_seqlens"):
+            model.layers[0].attn(torch.zeros(1, 5, 16, device=DEVICE), cu_seqlens=cu, check_inputs=check_inputs)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_meta_tensors_every_reference_backend(backend):
+    """sdpa on meta tensors raised 'Tensor.item() cannot be called on meta tensors'
+    (plan_chunks) even with check_inputs=False, though available_backends('meta')
+    lists it: shapes come out, on either reference backend."""
+    assert backend in sisa.available_backends("meta")
+    meta = {k: v.to("meta") for k, v in good().items()}
+    assert call(meta, backend=backend, check_inputs=False).shape == meta["q"].shape
+
+
+@pytest.mark.parametrize("use_ssm", [True, False])
+def test_model_built_on_meta_runs(use_ssm):
+    """A model built under torch.device('meta') (how a large model is built before its
+    weights are loaded, or to trace shapes) runs a forward, with or without a mask,
+    a cached step, and a backward."""
+    from sisa.model import SISAConfig, SISAModel
+    with torch.device("meta"):
+        model = SISAModel(SISAConfig(vocab_size=50, d_model=32, n_heads=2, n_layers=2, d_state=4, d_ff=64,
+                                     use_ssm=use_ssm))
+    ids = torch.zeros(2, 7, dtype=torch.long, device="meta")
+    logits = model(ids)
+    assert logits.shape == (2, 7, 50) and logits.device.type == "meta"
+    logits.sum().backward()
+    assert model.embed.weight.grad.shape == model.embed.weight.shape
+    assert model(ids, attention_mask=torch.ones(2, 7, dtype=torch.long, device="meta")).shape == (2, 7, 50)
+    caches = model.new_caches()
+    model(ids, caches=caches)
+    assert model(ids[:, :1], caches=caches).shape == (2, 1, 50)
+
+
+@pytest.mark.parametrize("backend", sisa.available_backends(DEVICE))
+def test_double_backward(backend):
+    """A double backward (create_graph=True) raised unclear errors from PyTorch's fused
+    SDPA backward or the kernels' custom op: naive supports it (checked against float64
+    gradgradcheck), sdpa and triton raise one NotImplementedError naming naive."""
+    x = {k: v.double() if backend != "triton" else v for k, v in good(t=3, h=2, hk=1, d=4, n=2).items()}
+    args = [x[k].requires_grad_(True) for k in NAMES]
+    out = call(dict(zip(NAMES, args)), backend=backend)
+    if backend == "naive":
+        fn = lambda *a: call(dict(zip(NAMES, a)), backend="naive")   # noqa: E731
+        assert torch.autograd.gradgradcheck(fn, args)
+        return
+    with pytest.raises(NotImplementedError, match=rf"backend '{backend}'.*naive"):
+        torch.autograd.grad(out.square().sum(), args[0], create_graph=True)
+    first = torch.autograd.grad(call(dict(zip(NAMES, args)), backend=backend).square().sum(), args)
+    assert all(torch.isfinite(g).all() for g in first)                   # first derivatives as before

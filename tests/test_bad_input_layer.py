@@ -304,3 +304,60 @@ def test_converter_takes_any_mapping():
     for mapping in (sd, types.MappingProxyType(dict(sd))):
         out = sisa.convert_reference_state_dict(mapping)
         assert list(out) == ["embed.weight", "layers.0.attn.W_Q.weight"]
+
+
+# ---------------------------------------------------------------- issue 20: caches, generate
+
+@pytest.mark.parametrize("use_ssm", [True, False])
+def test_caches_of_another_batch(use_ssm):
+    """Caches filled with batch 2 fed batch 3 (or 1): the SISA model blamed
+    initial_state[0] (g0), which the caller never passed; the use_ssm=False baseline
+    silently broadcast one row's history to every row. A ValueError naming caches
+    (cache for the layer), before any compute."""
+    model = small_model(use_ssm=use_ssm)
+    caches = model.new_caches()
+    model(ids(2, 5), caches=caches)
+    for b in (1, 3):
+        raises_naming("caches", model, ids(b, 1), caches=caches, exc=ValueError)
+    cache = LayerCache()
+    lay = model.layers[0].attn
+    lay(torch.randn(2, 4, 32), cache=cache)
+    raises_naming("cache", lay, torch.randn(1, 1, 32), cache=cache, exc=ValueError)
+    assert model(ids(2, 1), caches=caches).shape == (2, 1, 61)        # the right batch still decodes
+
+
+def lively_model(**overrides):
+    """A float64 model whose greedy continuations vary (a fresh init repeats one token)."""
+    model = small_model(**overrides).double()
+    with torch.no_grad():
+        model.embed.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+@pytest.mark.parametrize("use_ssm", [True, False])
+def test_generate_right_padding_decodes_each_row_alone(use_ssm):
+    """generate with right padding continued silently from a pad token (the last
+    column's logits). Each row now continues from its last real token, as it would
+    alone (right, left and inner pads); a row of pads only is a ValueError."""
+    model = lively_model(use_ssm=use_ssm)
+    prompt = ids(3, 7)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0], [0, 1, 1, 0, 1, 1, 0]])
+    out = model.generate(prompt, 6, attention_mask=mask)
+    for row in range(3):
+        alone = prompt[row:row + 1, mask[row].bool()]
+        want = model.generate(alone, 6)[0, alone.shape[1]:]
+        assert torch.equal(out[row, 7:], want), (row, out[row, 7:], want)
+    raises_naming("attention_mask", model.generate, prompt, 2,
+                  attention_mask=torch.tensor([[1] * 7, [0] * 7, [1] * 7]), exc=ValueError)
+
+
+def test_generate_edge_inputs():
+    """temperature=1e-45 passed validation and then logits / T overflowed to inf
+    (multinomial of NaN probabilities); a batch of 0 crashed. A tiny temperature is
+    greedy (the maximum's probability tends to 1), an empty batch returns (0, t + n)."""
+    model = lively_model()
+    prompt = ids(2, 4)
+    greedy = model.generate(prompt, 5)
+    assert torch.equal(model.generate(prompt, 5, temperature=1e-45, generator=torch.Generator().manual_seed(0)),
+                       greedy)
+    assert model.generate(prompt[:0], 5).shape == (0, 9)

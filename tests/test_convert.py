@@ -135,3 +135,37 @@ def test_sisa_convert_writes_a_transformers_directory(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main([str(bad), str(tmp_path / "hf3")])
     assert exc.value.code == 2
+
+
+def _convert_usage_error(capsys, argv):
+    """main(argv) exits 2 with a one-line usage error (argparse's), no traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_sisa_convert_usage_errors(tmp_path, capsys):
+    """int64 or complex weights, a 0-d lambda_raw and a destination that is an existing
+    file ended in tracebacks (a complex tensor among float ones was silently made real);
+    a directory as SRC was 'file not found'. Each is a usage error that says what is wrong."""
+    pytest.importorskip("transformers", reason="sisa-convert writes a transformers directory: pip install -e '.[hf]'")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sd = paper_state_dict(**SMALL)
+    dst = str(tmp_path / "out")
+    cases = {"int64": ({k: v.long() for k, v in sd.items()}, "floating-point"),
+             "complex": ({k: v.to(torch.complex64) for k, v in sd.items()}, "floating-point"),
+             "one complex": ({**sd, "layers.0.W_Q.weight": sd["layers.0.W_Q.weight"].to(torch.complex128)},
+                             "W_Q.weight"),
+             "0-d lambda_raw": ({**sd, **{f"layers.{i}.lambda_raw": torch.tensor(0.5, dtype=torch.float64)
+                                          for i in range(SMALL["layers"])}}, "lambda_raw")}
+    for name, (bad, words) in cases.items():
+        src = tmp_path / f"{name.replace(' ', '_')}.pt"
+        torch.save(bad, src)
+        assert words in _convert_usage_error(capsys, [str(src), dst]), name
+    good = tmp_path / "good.pt"
+    torch.save(sd, good)
+    existing = tmp_path / "a_file"
+    existing.write_text("not a directory")
+    assert "existing file" in _convert_usage_error(capsys, [str(good), str(existing)])
+    assert "is a directory" in _convert_usage_error(capsys, [str(tmp_path), dst])

@@ -109,7 +109,7 @@ def test_loss_is_the_shifted_cross_entropy():
     keep = tgt != -100
     want = -(lg.log_softmax(-1)[keep, tgt[keep]]).mean()
     torch.testing.assert_close(out.loss, want)
-    with pytest.raises(ValueError, match="labels must be a tensor of input_ids' shape"):
+    with pytest.raises(ValueError, match="labels must be a tensor of the inputs' shape"):
         model(ids, labels=labels[:, :3])
 
 
@@ -163,8 +163,10 @@ def test_forward_errors_name_the_argument():
     from transformers import DynamicCache
     with pytest.raises(TypeError, match="past_key_values"):
         model(ids, past_key_values=DynamicCache())
-    with pytest.raises(ValueError, match="inputs_embeds"):
-        model(inputs_embeds=torch.zeros(1, 4, 32))
+    with pytest.raises(ValueError, match="inputs_embeds must have shape"):
+        model(inputs_embeds=torch.zeros(1, 4, 31))
+    with pytest.raises(ValueError, match="either input_ids or inputs_embeds"):
+        model(ids, inputs_embeds=torch.zeros(1, 4, 32))
 
 
 def test_remote_code_directory_loads_without_importing_sisa_hf(tmp_path):

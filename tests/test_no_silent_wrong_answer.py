@@ -5,9 +5,13 @@ FlashAttention's tolerance rule, with NaN and +-inf in exactly the same places.
 
 Draws: shapes (including d_state and head dim 0 and odd d_state), dtypes (including
 one input of another dtype), decays from negligible to 50 nats per token, softmax
-scales (tiny, huge, 0, negative, NaN, inf, a string, a bool), and special values
-(NaN, +-inf; -1e38 and -1e4 in log_alpha) planted at random positions of random
-inputs.
+scales (tiny, huge, past float32's range, 0, negative, NaN, inf, a string, a bool),
+special values (NaN, +-inf; -1e38 and -1e4 in log_alpha) planted at random positions
+of random inputs, large SSM operands (|C| in the thousands with small |B|: float16's
+range on the sdpa path), float64 scalars past float32's range (lam 1e300, theta
+1e39), packed sequences with cu_seqlens on the inputs' device or another (meta), and
+inputs on the meta device. A second test draws padded batches (left, right, inner
+pads) and caches of another batch through the model and generate.
 
 Examples per run: the "ci" profile (default) draws enough to cover each kind of
 special value many times; ``SISA_HYPOTHESIS_PROFILE=long`` draws 20x more.
@@ -27,7 +31,7 @@ from conftest import DEVICE, examples
 from test_properties import build as build_inputs
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-ARGUMENTS = set(NAMES) | {"softmax_scale", "backend", "d_state", "head_dim", "dtype"}
+ARGUMENTS = set(NAMES) | {"softmax_scale", "backend", "d_state", "head_dim", "dtype", "cu_seqlens", "check_inputs"}
 SPECIAL = [float("nan"), float("inf"), float("-inf")]
 BACKENDS = sisa.available_backends(DEVICE)
 ON_GPU = DEVICE == "cuda"
@@ -45,7 +49,16 @@ def problems(draw):
              decay=draw(st.sampled_from([1e-4, 0.01, 0.3, 2.0, 50.0])),
              seed=draw(st.integers(0, 2 ** 16)))
     p["scale"] = draw(st.one_of(st.none(), st.none(), st.floats(1e-2, 1e2),
-                                st.sampled_from([1e30, 0.0, -0.5, math.nan, math.inf, "0.3", True])))
+                                st.sampled_from([1e30, 0.0, -0.5, math.nan, math.inf, "0.3", True]),
+                                st.sampled_from([1e-5, 1e-7, 1e-9, 3e30, 1e39, 1e-31])))   # tiny; past float32
+    # |C| and |B| multipliers: one side past float16's range once widened (issue 20)
+    p["ssm_mul"] = draw(st.sampled_from([None] * 6 + [(300.0, 1e-3), (3000.0, 1e-3), (30.0, 30.0)]))
+    p["wide"] = draw(st.sampled_from([None] * 10 + ["lam 1e300", "lam 1e38", "theta 1e39"]))
+    p["packed"] = draw(st.sampled_from([None] * 8 + ["same device", "meta"]))
+    if p["packed"]:
+        p["b"] = 1
+        p["cuts"] = sorted(draw(st.lists(st.integers(0, p["t"]), max_size=3)))
+    p["meta"] = draw(st.sampled_from([False] * 12 + [True]))
     p["plant"] = draw(st.lists(st.tuples(st.sampled_from(NAMES), st.integers(0, 10 ** 6),
                                          st.sampled_from(SPECIAL + [-1e38, -1e4])), max_size=2))
     if any(name in ("C", "B") and math.isinf(value) for name, _, value in p["plant"]):
@@ -68,13 +81,47 @@ def build(p):
     if p["retype"] is not None:
         name, dtype = p["retype"]
         x[name] = x[name].to(dtype)
+    if p["ssm_mul"] is not None:
+        x["C"], x["B"] = x["C"] * p["ssm_mul"][0], x["B"] * p["ssm_mul"][1]
+    if p["wide"] == "lam 1e300":
+        x["lam"] = torch.full_like(x["lam"], 1e300, dtype=torch.float64)
+    elif p["wide"] == "lam 1e38":
+        x["lam"] = torch.full_like(x["lam"], 1e38)
+    elif p["wide"] == "theta 1e39" and x["theta"].numel():
+        x["theta"] = x["theta"].double()
+        x["theta"].view(-1)[p["seed"] % x["theta"].numel()] = 1e39
+    if p["meta"]:
+        x = {k: v.to("meta") for k, v in x.items()}
     return x
 
 
-def outcome(fn, x, scale):
+def cu_seqlens(p):
+    """The drawn packing (None when not packed), on the inputs' device or on meta."""
+    if not p["packed"]:
+        return None
+    cu = torch.tensor([0, *p["cuts"], p["t"]], dtype=torch.int32)
+    return cu.to("meta" if p["packed"] == "meta" else DEVICE)
+
+
+def segments(p):
+    cuts = [0, *p["cuts"], p["t"]]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def reference(p, x, scale, **kw):
+    """The naive path, sequence by sequence when packed: (b, t, h, d)."""
+    args = [x[k] for k in NAMES]
+    if not p["packed"]:
+        return naive_sisa_attention(*args, softmax_scale=scale, **kw)
+    outs = [naive_sisa_attention(*(a if a.dim() == 1 else a[:, i:j] for a in args), softmax_scale=scale, **kw)
+            for i, j in segments(p)]
+    return torch.cat(outs, dim=1)
+
+
+def outcome(fn, x, scale, **kw):
     """The output, or the exception (ValueError/TypeError only: anything else fails)."""
     try:
-        return fn(*(x[k] for k in NAMES), softmax_scale=scale)
+        return fn(*(x[k] for k in NAMES), softmax_scale=scale, **kw)
     except (ValueError, TypeError) as exc:
         return exc
 
@@ -106,7 +153,11 @@ def agree(out, ref, lows, dtype, what):
 def check(p, backends):
     x = build(p)
     scale = p["scale"]
-    results = {bk: outcome(lambda *a, bk=bk, **kw: sisa.sisa_attention(*a, backend=bk, **kw), x, scale)
+    kw = {"cu_seqlens": cu_seqlens(p)}
+    if p["meta"]:                     # shapes only: the value checks would say so (check_inputs=False)
+        backends = [bk for bk in backends if bk in sisa.available_backends("meta")]
+        kw["check_inputs"] = False
+    results = {bk: outcome(lambda *a, bk=bk, **kw: sisa.sisa_attention(*a, backend=bk, **kw), x, scale, **kw)
                for bk in backends}
     for bk, r in results.items():
         if isinstance(r, Exception):
@@ -120,8 +171,13 @@ def check(p, backends):
             f"backends disagree on whether {p} is an error: {plain}")
         event(f"raised {next(iter(raised.values()))}")
         return
-    ref = naive_sisa_attention(*(x[k].double() for k in NAMES), softmax_scale=scale)
-    lows = [naive_sisa_attention(*(x[k] for k in NAMES), softmax_scale=scale, upcast=up) for up in (False, True)]
+    if p["meta"]:
+        for bk, out in plain.items():
+            assert out.shape == x["q"].shape and out.dtype == x["q"].dtype and out.is_meta, f"{bk} on {p}"
+        event("compared: meta shapes")
+        return
+    ref = reference(p, {k: v.double() for k, v in x.items()}, scale)
+    lows = [reference(p, x, scale, upcast=up) for up in (False, True)]
     for bk, out in plain.items():
         agree(out, ref, lows, x["q"].dtype, f"{bk} on {p}")
     event("compared: " + ("non-finite output" if not torch.isfinite(ref).all() else "finite output"))
@@ -144,3 +200,48 @@ def test_all_backends_agree(p):
     if "triton" not in BACKENDS:
         pytest.skip(f"triton unavailable on {DEVICE}: {sisa.backends.triton_unavailable_reason(DEVICE)}")
     check(p, BACKENDS)
+
+
+@st.composite
+def padded_batches(draw):
+    b, t = draw(st.integers(1, 3)), draw(st.integers(1, 7))
+    rows = []
+    for _ in range(b):                 # each row: some real tokens with pads left, right or inside
+        real = draw(st.lists(st.booleans(), min_size=t, max_size=t))
+        if not any(real):
+            real[draw(st.integers(0, t - 1))] = True
+        rows.append(real)
+    return dict(mask=torch.tensor(rows), use_ssm=draw(st.booleans()), backend=draw(st.sampled_from(["naive", "sdpa"])),
+                new=draw(st.integers(0, 3)), other_batch=draw(st.sampled_from([None, None, 1, 4])),
+                seed=draw(st.integers(0, 2 ** 16)))
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(p=padded_batches())
+def test_padded_batches_and_caches(p):
+    """Through the model: every real token's logits, and generate's continuation of
+    every row, equal that row's alone, whatever the padding (right padding continued
+    from a pad before issue 20); caches filled with one batch and fed another raise a
+    ValueError naming caches (the baseline broadcast silently)."""
+    from sisa.model import SISAConfig, SISAModel
+    torch.manual_seed(p["seed"])
+    model = SISAModel(SISAConfig(vocab_size=37, d_model=16, n_heads=2, n_layers=2, d_state=4, d_ff=24,
+                                 use_ssm=p["use_ssm"], backend=p["backend"])).double().to(DEVICE)
+    with torch.no_grad():
+        model.embed.weight.normal_(0, 1.0)                   # greedy continuations that vary
+    mask = p["mask"].to(DEVICE)
+    b, t = mask.shape
+    ids = torch.randint(0, 37, (b, t), device=DEVICE)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask)
+        out = model.generate(ids, p["new"], attention_mask=mask)
+        for row in range(b):
+            alone = ids[row:row + 1, mask[row]]
+            assert (logits[row, mask[row]] - model(alone)[0]).abs().max() < 1e-9, row
+            assert torch.equal(out[row, t:], model.generate(alone, p["new"])[0, alone.shape[1]:]), row
+        if p["other_batch"] is not None and p["other_batch"] != b:
+            caches = model.new_caches()
+            model(ids, caches=caches, attention_mask=mask)
+            with pytest.raises(ValueError, match="caches"):
+                model(torch.zeros(p["other_batch"], 1, dtype=torch.long, device=DEVICE), caches=caches)
+            event("caches of another batch")

@@ -114,3 +114,14 @@ def test_requested_unavailable_backend_fails_with_the_reason(monkeypatch, capsys
 def test_repeated_backend_runs_once(capsys):
     assert sisa.parity.main(FAST + ["--backends", "sdpa", "sdpa"]) == 0
     assert len(rows(capsys.readouterr().out)) == len(sisa.parity.GRID)
+
+
+@pytest.mark.parametrize("argv", [["--dtypes", "--no-long"], ["--backends", "naive", "--dtypes", "float64", "--no-long"],
+                                  ["--backends", "naive", "--dtypes", "float64"]],
+                         ids=["no dtypes", "naive float64", "naive float64 with long"])
+def test_a_run_that_checks_nothing_fails(argv, capsys):
+    """These printed '0 passed, 0 failed' and exited 0: a usage error that says why."""
+    with pytest.raises(SystemExit) as exc:
+        sisa.parity.main(argv + ["--device", "cpu"])
+    assert exc.value.code == 2
+    assert "nothing to check" in capsys.readouterr().err

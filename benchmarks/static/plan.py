@@ -20,9 +20,10 @@ import torch
 from .standin import captured_launches, env, target_standin
 from .yardstick import fa2_causal_fwd
 
-# Tensors besides the data: g (cumulative log-decay) and lam as the scan / layer hand
-# them to the attention, decode and augment launchers; the scan's dg gradient.
-INPUT_DTYPES = dict(g=torch.float32, lam=torch.float32, scan_dg=torch.float32)
+# Tensors besides the data: g (cumulative log-decay, float64 at every path) and lam as
+# the scan / layer hand them to the attention, decode and augment launchers; the
+# scan's dg gradient; the augment epilogue's per-(batch, head) decay offset.
+INPUT_DTYPES = dict(g=torch.float64, lam=torch.float32, scan_dg=torch.float64, augment_offset=torch.float64)
 DIMS, STATES = (64, 96, 128, 256), (16, 64, 128)
 QUICK_DIMS, QUICK_STATES = (64, 128), (16, 64)
 YARDSTICK_DIMS, YARDSTICK_STAGES = (64, 128), (2, 3)
@@ -93,7 +94,7 @@ def _decode(d, n, sh, target):
 def _augment(d, n, sh, target):
     from sisa_kernels import augment
     q, k, _, cr, br, g, lam = _attention_inputs(d, n, sh)
-    s, c = d ** 0.25 * lam.sqrt(), torch.zeros(sh.batch, sh.heads)
+    s, c = d ** 0.25 * lam.sqrt(), torch.zeros(sh.batch, sh.heads, dtype=INPUT_DTYPES["augment_offset"])
     with target_standin(target):
         qh, kh = augment._augment_fwd(q, k, cr, br, g, s, c, d + n)
         augment._augment_bwd(torch.empty_like(qh), torch.empty_like(kh), cr, br, g, s, c, d, sh.kv_heads)

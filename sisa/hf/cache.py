@@ -2,8 +2,10 @@
 
 ``generate`` finds it in the model's output (``SISAForCausalLM.forward`` makes one
 when ``use_cache`` is set) and hands it back at every step; beam search reorders it
-through ``reorder_cache``. SISA layers write their ``LayerCache`` directly, so the
-key/value ``update`` of ``transformers``' attention caches is not used.
+through ``reorder_cache``; assisted and prompt-lookup decoding drop rejected draft
+tokens through ``crop`` (``LayerCache.crop`` recovers the scan state at the shorter
+length). SISA layers write their ``LayerCache`` directly, so the key/value
+``update`` of ``transformers``' attention caches is not used.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ class SISACacheLayer(CacheLayerMixin):
     """One layer: ``self.cache`` is the ``LayerCache`` (k, v, B_rot, g, scan state, pad mask)."""
 
     is_compileable = False
-    is_croppable = False
+    is_croppable = True
     is_sliding = False
     supports_early_init = False
 
@@ -55,7 +57,14 @@ class SISACacheLayer(CacheLayerMixin):
             self.cache.select_batch(torch.arange(bufs[0].shape[0], device=bufs[0].device).repeat_interleave(repeats))
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("SISACache cannot be cropped (the scan state is not invertible)")
+        """Drop the last ``-tokens_to_remove`` tokens (a negative int or 0, as transformers'
+        DynamicLayer takes it)."""
+        if isinstance(tokens_to_remove, bool) or not isinstance(tokens_to_remove, int) or tokens_to_remove > 0:
+            raise ValueError(f"tokens_to_remove must be an int <= 0 (minus the number of tokens to drop), "
+                             f"got {tokens_to_remove!r}")
+        if -tokens_to_remove > self.cache.length:
+            raise ValueError(f"cannot drop {-tokens_to_remove} tokens: the cache holds {self.cache.length}")
+        self.cache.crop(self.cache.length + tokens_to_remove)
 
 
 class SISACache(Cache):

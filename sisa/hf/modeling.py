@@ -39,6 +39,15 @@ _REMOTE_CODE = {
 _AUTO_MAP = {"AutoConfig": "configuration_sisa.SISAHFConfig",
              "AutoModelForCausalLM": "modeling_sisa.SISAForCausalLM"}
 
+# attn_implementation names that mean one of the package's attention paths (SISAConfig.backend).
+# flash_attention_* and flex_attention name kernels that compute softmax(q.k) alone; SISA's score
+# adds an SSM term they cannot take, so they are refused with a pointer to backend="triton".
+ATTN_IMPLEMENTATION_BACKENDS = {"eager": "naive", "sdpa": "sdpa"}
+_REPORTED_ATTN = {"naive": "eager", "sdpa": "sdpa", "auto": "sisa_auto", "triton": "sisa_triton"}
+_FORWARD_ARGS = ("input_ids", "attention_mask", "labels", "cache", "past_key_values", "use_cache", "position_ids",
+                 "inputs_embeds", "return_dict", "logits_to_keep", "output_hidden_states", "output_attentions",
+                 "num_items_in_batch")
+
 
 class SISAPreTrainedModel(PreTrainedModel):
     config_class = SISAHFConfig
@@ -47,7 +56,50 @@ class SISAPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Block"]
     # lambda_raw stays float32 in a 16-bit model (the paper keeps it so; SISAAttention does on .to()).
     _keep_in_fp32_modules_strict = ["lambda_raw"]
-    supports_gradient_checkpointing = False
+    # gradient_checkpointing_enable() sets SISAModel.gradient_checkpointing: one checkpoint per block.
+    supports_gradient_checkpointing = True
+    # attn_implementation="sdpa" runs backend "sdpa" (stock SDPA over widened keys); no flash-attn or
+    # flex_attention path exists (see ATTN_IMPLEMENTATION_BACKENDS).
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation, is_init_check=False,
+                                              allow_all_kernels=False) -> str:
+        """transformers' hook for ``attn_implementation``: "eager" selects backend "naive"
+        (the explicit score matrix), "sdpa" backend "sdpa"; None (nothing requested)
+        keeps ``config.backend``. Anything else raises a ValueError naming ``backend=``.
+        Returns the name ``config._attn_implementation`` reports (``sisa_auto`` /
+        ``sisa_triton`` for the backends no transformers name describes)."""
+        if attn_implementation is None:
+            return _REPORTED_ATTN[self.config.backend]
+        if not isinstance(attn_implementation, str):
+            raise TypeError(f"attn_implementation must be a str ({sorted(ATTN_IMPLEMENTATION_BACKENDS)}), got "
+                            f"{type(attn_implementation).__name__}; SISA has no sub-models to give names to")
+        if attn_implementation in _REPORTED_ATTN.values():
+            backend = next(b for b, name in _REPORTED_ATTN.items() if name == attn_implementation)
+        elif attn_implementation in ATTN_IMPLEMENTATION_BACKENDS:
+            backend = ATTN_IMPLEMENTATION_BACKENDS[attn_implementation]
+        else:
+            fused = "flash" in attn_implementation or "flex" in attn_implementation
+            raise ValueError(
+                f"attn_implementation={attn_implementation!r} is not available for SISA: "
+                + ("that kernel computes plain softmax attention and cannot add SISA's SSM score term; "
+                   "SISA's own fused kernels are backend='triton' " if fused else "")
+                + "(choose the attention path with backend=: from_pretrained(path, backend='triton' | 'sdpa' | "
+                  "'naive' | 'auto') or SISAHFConfig(backend=...)); attn_implementation='sdpa' and 'eager' "
+                  "select backend='sdpa' and 'naive'")
+        self.config.backend = backend
+        if isinstance(getattr(self, "model", None), SISAModel):             # after __init__: the built model too
+            self.model.config.backend = backend
+            for module in self.model.modules():
+                if isinstance(module, SISAAttention):
+                    module.backend = backend
+        return attn_implementation
+
+    def set_attn_implementation(self, attn_implementation, allow_all_kernels: bool = False):
+        """Switch the attention path of a built model (see _check_and_adjust_attn_implementation)."""
+        self.config._attn_implementation_internal = self._check_and_adjust_attn_implementation(attn_implementation)
 
     def _init_weights(self, module):
         """The paper's initialisation (docs/design.md section 2), for weights a
@@ -71,9 +123,10 @@ class SISAPreTrainedModel(PreTrainedModel):
 
 
 class SISAForCausalLM(SISAPreTrainedModel, GenerationMixin):
-    """forward(input_ids (b, t), attention_mask (b, t) or (b, cached + t) of 0/1,
-    labels (b, t), past_key_values / cache (SISACache), use_cache) ->
-    CausalLMOutputWithPast(loss, logits (b, t, vocab), cache).
+    """forward(input_ids (b, t) or inputs_embeds (b, t, d_model), attention_mask (b, t) or
+    (b, cached + t) of 0/1, labels (b, t), past_key_values / cache (SISACache), use_cache,
+    output_hidden_states, num_items_in_batch) -> CausalLMOutputWithPast(loss, logits
+    (b, t, vocab), cache, hidden_states).
 
     use_cache None means config.use_cache (True by default) outside training; with it
     a new SISACache is made when none is passed and returned in the output.
@@ -83,7 +136,13 @@ class SISAForCausalLM(SISAPreTrainedModel, GenerationMixin):
     rotation, are never keys and do not advance positions. ``position_ids`` is
     accepted because ``generate`` passes it, and ignored: positions are the count of
     real tokens before each token (what ``generate`` computes from the mask, too).
+    Other keyword arguments raise a TypeError; output_attentions=True a ValueError (no
+    attention weights exist: the kernels never form the score matrix).
     """
+
+    # forward normalises the loss by num_items_in_batch when given (Trainer passes it under
+    # gradient accumulation and DDP, and then does not divide the loss again).
+    accepts_loss_kwargs = True
 
     def __init__(self, config: SISAHFConfig):
         super().__init__(config)
@@ -101,7 +160,20 @@ class SISAForCausalLM(SISAPreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False                    # generate must not make a DynamicCache: forward makes a SISACache
+        return False                    # generate must not make a DynamicCache: a SISACache instead
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length):
+        """generate's hook: a SISACache preallocated for max_cache_length tokens unless
+        the caller passed one (assisted decoding needs it before the first forward).
+        A cache_implementation raises: SISA decodes only with its own cache."""
+        if generation_config.cache_implementation is not None:
+            raise ValueError(f"cache_implementation={generation_config.cache_implementation!r} is not supported: "
+                             "SISA decodes with its own sisa.hf.SISACache; leave cache_implementation unset (or "
+                             "pass past_key_values=SISACache(n_layers, capacity=...) to preallocate)")
+        if model_kwargs.get("cache") is None and model_kwargs.get("past_key_values") is None \
+                and generation_config.use_cache is not False:
+            model_kwargs["cache"] = SISACache(len(self.model.layers), capacity=max_cache_length)
 
     def get_input_embeddings(self):
         return self.model.embed
@@ -112,12 +184,30 @@ class SISAForCausalLM(SISAPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return None                     # tied: SISAModel multiplies by embed.weight
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """transformers' resize, then the inner SISAConfig.vocab_size follows (ids are
+        checked against it: after a shrink, ids past the new size raise a ValueError)."""
+        embed = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.model.config.vocab_size = self.config.vocab_size = embed.num_embeddings
+        return embed
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, past_key_values=None, use_cache=None,
-                position_ids=None, inputs_embeds=None, return_dict=None, logits_to_keep=0, cache=None, **kwargs):
-        """See the class docstring. labels: (b, t) token ids, -100 ignored; the loss is
-        the mean cross-entropy of logits[:, :-1] against labels[:, 1:] (in float32)."""
-        if inputs_embeds is not None:
-            raise ValueError("inputs_embeds is not supported by SISAForCausalLM: pass input_ids")
+                position_ids=None, inputs_embeds=None, return_dict=None, logits_to_keep=0, cache=None,
+                output_hidden_states=None, output_attentions=None, num_items_in_batch=None, **kwargs):
+        """See the class docstring. labels: (b, t) token ids, -100 ignored; the loss is the
+        cross-entropy of logits[:, :-1] against labels[:, 1:] (in float32): its mean over
+        the labels that are not -100, or, with num_items_in_batch (what Trainer passes:
+        the count over the whole accumulated, all-rank batch), the sum / num_items_in_batch."""
+        if kwargs:
+            raise TypeError(f"SISAForCausalLM.forward got unexpected keyword arguments {sorted(kwargs)}; it "
+                            f"takes {', '.join(_FORWARD_ARGS)}")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_attentions:
+            raise ValueError("output_attentions=True is not supported: SISA's kernels never form the attention "
+                             "weights (the score matrix exists only tile by tile inside a fused kernel), so there "
+                             "are none to return; output_hidden_states=True gives every layer's output")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if cache is not None and past_key_values is not None and cache is not past_key_values:
             raise ValueError("pass the cache as either cache or past_key_values, not both")
         cache = cache if cache is not None else past_key_values
@@ -130,19 +220,19 @@ class SISAForCausalLM(SISAPreTrainedModel, GenerationMixin):
         if cache is not None and len(cache.layers) != len(self.model.layers):
             raise ValueError(f"past_key_values (cache) has {len(cache.layers)} layers, the model "
                              f"{len(self.model.layers)}")
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("pass either input_ids or inputs_embeds, not both")
         logits = self.model(input_ids, caches=None if cache is None else cache.layer_caches,
-                            attention_mask=attention_mask)
-        loss = None
-        if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
-                raise ValueError(f"labels must be a tensor of input_ids' shape {tuple(input_ids.shape)}, got "
-                                 f"{tuple(getattr(labels, 'shape', ())) or type(labels).__name__}")
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+                            attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                            output_hidden_states=output_hidden_states)
+        logits, hidden_states = logits if output_hidden_states else (logits, None)
+        loss = None if labels is None else _shifted_loss(logits, labels, num_items_in_batch)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             logits = logits[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
             logits = logits[:, logits_to_keep]
-        out = CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=hidden_states,
+                                     **{_CACHE_FIELD: cache if use_cache else None})
         return_dict = getattr(self.config, "return_dict", True) if return_dict is None else return_dict
         return out if return_dict else out.to_tuple()
 
@@ -158,3 +248,15 @@ class SISAForCausalLM(SISAPreTrainedModel, GenerationMixin):
             for name, text in _REMOTE_CODE.items():
                 with open(os.path.join(save_directory, name), "w") as f:
                     f.write(text)
+
+
+def _shifted_loss(logits, labels, num_items_in_batch):
+    """Cross-entropy (float32) of logits[:, :-1] (b, t, vocab) against labels[:, 1:] (b, t),
+    -100 ignored: the mean, or the sum / num_items_in_batch when that is given."""
+    if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels must be a tensor of the inputs' shape (b, t) = {tuple(logits.shape[:2])}, got "
+                         f"{tuple(getattr(labels, 'shape', ())) or type(labels).__name__}")
+    pred, target = logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten().to(logits.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(pred, target, ignore_index=-100)
+    return F.cross_entropy(pred, target, ignore_index=-100, reduction="sum") / num_items_in_batch
