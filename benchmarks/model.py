@@ -20,8 +20,9 @@ gradients or cached decoding depart from the float64 judge is reported as
 models (the order flips every round), so each round gives one ratio to the
 Transformer and a slow spell of a shared machine lands on all three; the ratio
 reported is the median over rounds. A round times ``inner`` calls of each model,
-enough to fill --round-ms. Before the rounds, two untimed calls per model: the first
-(lazy initialisation, AdamW's state) and one that measures peak memory: on CUDA
+enough to fill --round-ms. Before the rounds, one untimed call per model (the
+warm-up; the gate has run every code path once, and AdamW's state is made when the
+step is built) measures peak memory: on CUDA
 torch.cuda.max_memory_allocated above the memory allocated before the call; on a
 CPU the process's peak RSS above its RSS before the call (VmHWM, reset through
 /proc/self/clear_refs, after malloc_trim). Progress goes to stderr, one line per
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
 import json
 import math
 import os
@@ -54,7 +54,8 @@ from sisa.model import PRESETS
 from . import model_report
 from .model_forms import FORMS, build_models, checkpointing_unsupported, decode_step, prefill_step, train_step
 from .model_gate import check_form
-from .run import _slug, machine_info
+from .run import _ints, _slug, machine_info
+from .timing import peak_memory_mb as cuda_peak_memory_mb, pinned_threads
 
 # name: (SISAConfig fields, Transformer d_ff, train (b, t), prefill t's, decode T's, decode batches)
 CONFIGS = {
@@ -67,10 +68,6 @@ for _name, (_d, _h, _layers, _ff) in PRESETS.items():
     CONFIGS[_name] = (dict(d_model=_d, n_heads=_h, n_layers=_layers, d_state=16, vocab_size=50277), _ff,
                       (8, 2048), [512, 2048, 8192, 32768], [1024, 4096, 8192, 16384, 32768], [1, 16])
 RESULTS = Path(__file__).parent / "results"
-
-
-def _ints(text):
-    return [int(x) for x in text.split(",") if x]
 
 
 def parse_args(argv=None):
@@ -145,7 +142,7 @@ def plan(args) -> list[dict]:
         tasks += [dict(phase="decode", batch=b, t=T, checkpointing=False)
                   for T in args.cache_lens for b in args.decode_batches]
     for task in tasks:
-        calls = args.rounds + 2
+        calls = args.rounds + 1
         tokens = task["batch"] * task["t"]
         task["cost"] = {"train": 3 * tokens * calls, "prefill": tokens * calls,
                         "decode": tokens + 64 * task["batch"] * calls}[task["phase"]]
@@ -164,12 +161,7 @@ def _rss_kib(field):
 def peak_memory_mb(fn, device):
     """MiB that one call of fn needs above what is live before it (see the module docstring)."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return cuda_peak_memory_mb(fn, device)
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")      # reset VmHWM to the current RSS
@@ -202,8 +194,8 @@ def _timer(device):
 
 
 def alternate(fns: dict, rounds: int, round_ms: float, device, warm: dict) -> dict:
-    """fns: {form: callable}, 'transformer' among them, each called at least twice
-    already; warm: {form: ms of one earlier call}. ``rounds`` rounds, each timing
+    """fns: {form: callable}, 'transformer' among them, each called once already;
+    warm: {form: ms of that call}. ``rounds`` rounds, each timing
     ``inner`` calls of every form, the order flipped every round. Returns {form:
     list of per-round mean ms}."""
     timed = _timer(device)
@@ -250,9 +242,8 @@ def measure(task, models, args, reasons) -> list[dict]:
             else:
                 token = torch.randint(0, vocab, (task["batch"], 1), generator=gen).to(device)
                 fns[name] = decode_step(model, form, ids, token, device, args.amp)
-            fns[name]()                                        # first call: lazy init (AdamW state)
             t0 = time.perf_counter()
-            row["peak_mem_mb"] = peak_memory_mb(fns[name], device)    # the second: also the warm-up
+            row["peak_mem_mb"] = peak_memory_mb(fns[name], device)    # also the warm-up
             warm[name] = (time.perf_counter() - t0) * 1e3
         except Exception as exc:  # OOM, a missing API: record and go on
             fns.pop(name, None)
@@ -301,13 +292,8 @@ def header(args, machine, config, params, load) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with pinned_threads(args.threads):
         return _run(args, argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args, argv=None) -> int:

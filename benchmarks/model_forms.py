@@ -135,10 +135,11 @@ def set_checkpointing(model, on: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
-def lm_loss(model, ids, swap, autocast):
+def lm_loss(model, ids, autocast):
     """(next-token cross-entropy in float32, logits (b, t, vocab)) of ids (b, t), under
-    the swap and autocast context managers given."""
-    with swap, autocast:
+    the autocast context manager given. Callers enter the form's swap around this and
+    the backward (gradient checkpointing recomputes the forward inside the backward)."""
+    with autocast:
         logits = model(ids, check_inputs=False)
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()), logits
 
@@ -154,8 +155,13 @@ def autocast_for(device, amp: str | None):
 def train_step(model, form, ids, device, amp, lr=1e-5, checkpointing=False):
     """One AdamW step's callable: zero grads, forward, loss, backward, step. The lr is
     small so that the weights (and the decays, which set the sdpa path's chunking)
-    stay near their initialisation over the run."""
+    stay near their initialisation over the run. AdamW's state is created here (one
+    step on zero gradients: weight decay moves the weights by lr * 0.1 relative)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    for p in model.parameters():      # create AdamW's state now, so the first timed step is a steady one
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
     compute = _compute_dtype(amp)
     autocast = autocast_for(device, amp)
 
@@ -164,8 +170,9 @@ def train_step(model, form, ids, device, amp, lr=1e-5, checkpointing=False):
             set_checkpointing(model, True)
         try:
             opt.zero_grad(set_to_none=True)
-            loss = lm_loss(model, ids, form.swap(device, compute), autocast())[0]
-            loss.backward()
+            with form.swap(device, compute):
+                loss = lm_loss(model, ids, autocast())[0]
+                loss.backward()
             opt.step()
         finally:
             if checkpointing:

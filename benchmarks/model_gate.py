@@ -57,8 +57,9 @@ def _reference_copy(model, dtype):
 def _run(model, ids, swap, autocast):
     """(loss, logits, {name: grad}) of one forward and backward."""
     model.zero_grad(set_to_none=True)
-    loss, logits = lm_loss(model, ids, swap, autocast)
-    loss.backward()
+    with swap:
+        loss, logits = lm_loss(model, ids, autocast)
+        loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return loss.detach(), logits.detach(), grads

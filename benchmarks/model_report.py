@@ -35,6 +35,10 @@ def _fmt(value, spec, none="-"):
     return none if value is None else format(value, spec)
 
 
+def _ms(value) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _what(row) -> str:
     size = {"train": f"{row['batch']}x{row['t']}", "prefill": f"t={row['t']}",
             "decode": f"cache {row['t']}, batch {row['batch']}"}[row["phase"]]
@@ -54,7 +58,7 @@ def describe(rows) -> str:
 
 
 def to_markdown(payload) -> str:
-    lines = [f"# Whole-model throughput: SISA vs the Transformer vs the paper's form", "", payload["setup"], "",
+    lines = ["# Whole-model throughput: SISA vs the Transformer vs the paper's form", "", payload["setup"], "",
              f"Command: `{payload['command']}`. Load average {_load(payload['machine'])}; "
              f"{payload['seconds']:.0f} s in all.", "", "## Correctness gate", "",
              "| form | status | worst check | rel err | tol | loss | judge loss | max decay (nats) | note |",
@@ -71,7 +75,7 @@ def to_markdown(payload) -> str:
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(payload["results"], key=_order):
         if r["status"] == "ok":
-            ms = f"{r['ms']:.4g} ({r['ms_q1']:.4g}-{r['ms_q3']:.4g})"
+            ms = f"{_ms(r['ms'])} ({_ms(r['ms_q1'])}-{_ms(r['ms_q3'])})"
             ratio = f"{r['ratio']:.3f} ({r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})"
             note = r["impl"]
         else:
@@ -134,12 +138,18 @@ def plot(payload, path: Path) -> bool:
 
 def readme_table(payload, json_path: str) -> str:
     """The README's table from a model.json payload: our training throughput (Transformer,
-    SISA, paper's form, ratios), the authors' H100 figure, and the GPU row."""
+    SISA, paper's form: median tokens/s, and the median over rounds of the per-round time
+    ratio, which is what alternation makes robust), the authors' H100 figure, the GPU row."""
     train = {r["form"]: r for r in payload["results"] if r["phase"] == "train" and not r["checkpointing"]}
 
     def cell(form, key, spec):
         r = train.get(form)
         return f"{r[key]:{spec}}" if r and r["status"] == "ok" else (r["status"] if r else "not run")
+    def ratio(form):
+        r = train.get(form)
+        if not r or r["status"] != "ok":
+            return r["status"] if r else "not run"
+        return f"{r['ratio']:.2f}x (IQR {r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}, {len(r['rounds_ms'])} rounds)"
     m = payload["machine"]
     where = f"ours, {m['cpu']}, {m['cpu_threads']} thread{'s' * (m['cpu_threads'] != 1)} (CPU)"
     shape = train["transformer"]["batch"], train["transformer"]["t"]
@@ -148,15 +158,31 @@ def readme_table(payload, json_path: str) -> str:
         "| paper's form / Transformer time |",
         "| --- | --- | --- | --- | --- | --- |",
         f"| {where}, train step {shape[0]}x{shape[1]} | {cell('transformer', 'tokens_per_s', ',.0f')} | "
-        f"{cell('sisa', 'tokens_per_s', ',.0f')} | {cell('sisa', 'ratio', '.2f')}x | "
-        f"{cell('sisa-paper', 'tokens_per_s', ',.0f')} | {cell('sisa-paper', 'ratio', '.2f')}x |",
+        f"{cell('sisa', 'tokens_per_s', ',.0f')} | {ratio('sisa')} | "
+        f"{cell('sisa-paper', 'tokens_per_s', ',.0f')} | {ratio('sisa-paper')} |",
         f"| {PAPER_H100['where']} | {PAPER_H100['transformer']:,} | {PAPER_H100['sisa']:,} | "
         f"{PAPER_H100['transformer'] / PAPER_H100['sisa']:.2f}x (throughput 0.61x) | (their SISA is this form) | - |",
         "| ours, GPU (152M, one H100/H200) | not measured | not measured | not measured | not measured "
         "| not measured |",
     ]
-    return "\n".join(rows) + (f"\n\nGenerated from `{json_path}` ({payload['setup'].split(';')[0]}; "
-                              f"made by `{payload['command']}`).\n")
+    return "\n".join(rows) + f"\n\n{_inference_line(payload)}Generated from `{json_path}` " \
+        f"({payload['setup'].split(';')[0]}; made by `{payload['command']}`).\n"
+
+
+def _inference_line(payload) -> str:
+    """SISA's prefill and decode time over the Transformer's at the longest length measured."""
+    ok = [r for r in payload["results"] if r["form"] == "sisa" and r["status"] == "ok"]
+    parts = []
+    prefill = [r for r in ok if r["phase"] == "prefill"]
+    if prefill:
+        r = max(prefill, key=lambda r: r["t"])
+        parts.append(f"prefill of {r['t']} tokens {r['ratio']:.2f}x")
+    decode = [r for r in ok if r["phase"] == "decode"]
+    if decode:
+        longest = max(r["t"] for r in decode)
+        parts += [f"a decode step at cache {r['t']}, batch {r['batch']}: {r['ratio']:.2f}x"
+                  for r in sorted(decode, key=lambda r: r["batch"]) if r["t"] == longest]
+    return f"SISA's time over the Transformer's, same run: {'; '.join(parts)}. " if parts else ""
 
 
 def readme_block(payload, json_path: str) -> str:

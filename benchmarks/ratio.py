@@ -27,6 +27,7 @@ import torch
 from . import gate
 from .providers import PROVIDERS, Shape, make_inputs, timed_callable
 from .run import DTYPES, MODES, machine_info
+from .timing import pinned_threads
 
 NAIVE_MAX_T = 4096     # the naive provider's t x t scores: as far as a CPU's memory sensibly goes
 
@@ -150,13 +151,8 @@ def to_markdown(machine, shape, args, rows) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with pinned_threads(args.threads):
         return _main(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _main(args) -> int:

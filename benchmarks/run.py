@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import itertools
 import json
 import os
@@ -49,7 +48,7 @@ import torch
 
 from . import gate, report
 from .providers import PROVIDERS, Shape, attention_flops, make_inputs, scan_bytes, timed_callable
-from .timing import PEAK_MEMORY_METHOD, measure_ms, peak_memory_mb
+from .timing import PEAK_MEMORY_METHOD, measure_ms, peak_memory_mb, pinned_threads
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -322,19 +321,22 @@ def _write_json(path: Path, payload):
     os.replace(tmp, path)
 
 
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401  (the [bench] extra)
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+    if not args.no_plot and not _have_matplotlib():
         print("sisa-bench: the plot needs matplotlib, from the [bench] extra: pip install 'sisa[bench]' "
               "(or pip install -e '.[bench]' in a checkout), or pass --no-plot", file=sys.stderr)
         return 2
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with pinned_threads(args.threads):
         return _sweep(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _sweep(args) -> int:

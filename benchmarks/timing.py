@@ -13,6 +13,7 @@ grows), so it is reported as null.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -85,3 +86,15 @@ def peak_memory_mb(fn, device):
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int | None):
+    """torch's CPU threads set to ``threads`` inside the block (None: left as they are)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

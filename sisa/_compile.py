@@ -14,9 +14,9 @@ The backward (a second op) recomputes the forward under autograd and returns the
 gradients of all tensor inputs: one more forward per backward, no saved
 activations besides the inputs. Double backward is not supported.
 
-    checked_lam(log_alpha, lam) -> lam (a copy)
+    checked_lam(log_alpha, lam, theta, scale) -> lam (a copy)
 
-runs ``check_attention_values`` (log_alpha <= 0, its total, lam > 0) at run time;
+runs ``check_attention_values`` (log_alpha, lam, theta, as eagerly) at run time;
 its output feeds the attention, so the compiler cannot drop the check.
 """
 from __future__ import annotations
@@ -88,19 +88,19 @@ sdpa_attention_op.register_autograd(_backward, setup_context=_setup)
 
 
 @torch.library.custom_op("sisa::checked_lam", mutates_args=())
-def checked_lam(log_alpha: Tensor, lam: Tensor) -> Tensor:
-    """lam (h,), copied, after ``check_attention_values(log_alpha, lam)`` (one host sync)."""
-    check_attention_values(log_alpha, lam)
+def checked_lam(log_alpha: Tensor, lam: Tensor, theta: Tensor, scale: float) -> Tensor:
+    """lam (h,), copied, after ``check_attention_values`` (one host sync)."""
+    check_attention_values(log_alpha, lam, theta=theta, scale=scale)
     return lam.clone()
 
 
 @checked_lam.register_fake
-def _(log_alpha, lam):
+def _(log_alpha, lam, theta, scale):
     return lam.new_empty(lam.shape)
 
 
 def _checked_backward(ctx, dlam):
-    return None, dlam
+    return None, dlam, None, None
 
 
 checked_lam.register_autograd(_checked_backward, setup_context=lambda ctx, inputs, output: None)

@@ -6,11 +6,17 @@ reference paths.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from sisa_kernels.errors import KernelLaunchError  # noqa: F401  (no Triton import: the fused paths' fallback signal)
+
+# The package's logger for fallbacks and notices (silent unless the application
+# configures logging; sisa/__init__ gives it a NullHandler).
+logger = logging.getLogger("sisa")
+_NOTED: set = set()       # fallbacks already logged (once per process each)
 
 BACKENDS = ("naive", "sdpa", "triton")
 
@@ -80,8 +86,14 @@ def resolve(backend: str, device: torch.device, op: str, dtype: torch.dtype = to
     The attention kernel takes 16/32-bit inputs; float64 attention runs the references."""
     if backend == "auto":
         fused_ok = op == "scan" or dtype != torch.float64
-        if device.type == "cuda" and fused_ok and triton_unavailable_reason(device) is None:
-            return "triton"
+        if device.type == "cuda" and fused_ok:
+            reason = triton_unavailable_reason(device)
+            if reason is None:
+                return "triton"
+            if reason not in _NOTED:
+                _NOTED.add(reason)
+                logger.warning("sisa: the Triton kernels cannot run on %s (%s); backend 'auto' uses the "
+                               "stock-PyTorch paths", device, reason)
         return "sdpa" if op == "attention" else "naive"
     allowed = BACKENDS if op == "attention" else ("naive", "triton")
     if backend not in allowed:

@@ -20,6 +20,7 @@ import torch
 
 from . import backends
 from ._checks import check_attention_inputs, check_scan_inputs, check_softmax_scale
+from .naive import G_DTYPE
 from .ops import attention_from_scan, sisa_attention, ssm_importance_scan
 from .varlen import check_cu_seqlens
 
@@ -46,7 +47,7 @@ def _attention_and_lse(q, k, v, C_rot, B_rot, g, lam, softmax_scale, cu_seqlens=
     op = backends.kernel("attention_op")
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     bounds = None if cu_seqlens is None else backends.kernel("attention").sequence_bounds(cu_seqlens, q.shape[1])
-    return op._attn_fwd_op(q, k, v, C_rot, B_rot, g.float(), lam.float().contiguous(), float(scale), bounds)
+    return op._attn_fwd_op(q, k, v, C_rot, B_rot, g.to(G_DTYPE), lam.float().contiguous(), float(scale), bounds)
 
 
 def sisa_attn_func(q: Tensor, k: Tensor, v: Tensor, C: Tensor, B: Tensor, log_alpha: Tensor, theta: Tensor,
@@ -163,9 +164,9 @@ def sisa_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, b_cache:
 
     Cache (capacity T, updated in place at rows [L_b, L_b + s) of batch row b, with
     L = cache_seqlens): k_cache, v_cache (b, T, hk, d); b_cache (b, T, h, n) the
-    rotated B; g_cache (b, T, h) float32 the cumulative log-decay (float64 in a
-    float64 cache); phi_state (b, h, n/2) the cumulative rotation angle after the
-    L_b cached tokens (overwritten with the new one). New tokens: q (b, s, h, d);
+    rotated B; g_cache (b, T, h) float64 the cumulative log-decay; phi_state
+    (b, h, n/2) float32 (float64 in a float64 cache) the cumulative rotation angle
+    after the L_b cached tokens (overwritten with the new one). New tokens: q (b, s, h, d);
     k, v (b, s, hk, d); C, B (b, s, h, n); log_alpha (b, s, h); theta (b, s, h, n/2);
     lam (h,). cache_seqlens (b,) int32 or int64, L_b + s <= T (not updated: add s).
     Query i of row b sits at position L_b + i and sees keys 0 .. L_b + i.
@@ -193,8 +194,10 @@ def sisa_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor, b_cache:
     for name, x, like in (("k_cache", k_cache, k), ("v_cache", v_cache, v), ("b_cache", b_cache, B)):
         if x.dtype != like.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but the new tokens' {name[0]} has {like.dtype}")
-    if g_cache.dtype != phi_state.dtype or g_cache.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"g_cache and phi_state must share float32 (or float64), got {g_cache.dtype}, {phi_state.dtype}")
+    if g_cache.dtype != G_DTYPE:
+        raise TypeError(f"g_cache must be {G_DTYPE} (the cumulative log-decay), got {g_cache.dtype}")
+    if phi_state.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"phi_state must be float32 or float64, got {phi_state.dtype}")
     lengths = cache_seqlens.long()
     if check_inputs and not bool(((lengths >= 0) & (lengths + s <= T)).all()):
         raise ValueError(f"cache_seqlens must lie in [0, T - s] = [0, {T - s}], got {cache_seqlens.tolist()}")

@@ -162,7 +162,8 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
     backend = backends.resolve(backend, q.device, "attention", q.dtype)
     if check_inputs and cu_seqlens is None and torch.compiler.is_compiling():
         from ._compile import checked_lam          # the value checks as an op of the graph (no v probe)
-        lam, check_inputs = checked_lam(log_alpha, lam), False
+        lam = checked_lam(log_alpha, lam, theta, softmax_scale or 1.0 / math.sqrt(q.shape[-1]))
+        check_inputs = False
     # Values, in one sync; the kernel's route also needs to know whether v is finite.
     v_finite = (check_attention_values(log_alpha, lam, probe_v=v if backend == "triton" else None, theta=theta,
                                        scale=softmax_scale or 1.0 / math.sqrt(q.shape[-1]))
@@ -170,6 +171,7 @@ def sisa_attention(q, k, v, C, B, log_alpha, theta, lam, *, softmax_scale=None, 
     if backend == "triton" and v_finite is False:
         # An inf in v: the kernel's diagonal tiles would multiply it by the 0 weight of
         # masked rows (NaN); sdpa's exact row-wise path keeps those rows as the maths has them.
+        backends.logger.info("sisa: v holds an inf; this call runs the sdpa path instead of triton")
         backend = "sdpa"
     if cu_seqlens is not None:
         segments = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0], values=check_inputs, device=q.device)

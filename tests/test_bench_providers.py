@@ -1,4 +1,7 @@
-"""benchmarks.providers' GPU baselines: FlexAttention and fla's forgetting attention."""
+"""Benchmark hygiene: the GPU baselines (FlexAttention, fla forgetting attention) and
+the --threads of benchmarks.ratio and the pytest-benchmark suite."""
+from pathlib import Path
+
 import torch
 
 from benchmarks import gate
@@ -31,3 +34,24 @@ def test_fla_provider_reports_a_missing_package():
     assert (fn is None) == (reason is not None)
     if fn is None:
         assert reason.startswith("fla not importable")
+
+
+def test_ratio_pins_and_prints_its_threads(tmp_path, capsys):
+    from benchmarks import ratio
+    before = torch.get_num_threads()
+    argv = ["--device", "cpu", "--seqlen", "32", "--heads", "2", "--d-head", "16", "--d-state", "4",
+            "--modes", "fwd", "--pairs", "2", "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]
+    assert ratio.main(argv) == 0
+    assert "torch threads 1 (--threads)" in capsys.readouterr().err
+    assert "torch threads 1" in (tmp_path / "ratio.md").read_text()
+    assert torch.get_num_threads() == before
+
+
+def test_pytest_benchmark_suite_prints_its_threads():
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "--co", "--threads", "1",
+                          "-p", "no:cacheprovider"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "torch threads: 1 (--threads)" in out.stdout

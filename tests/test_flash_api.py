@@ -131,17 +131,17 @@ def test_varlen_bad_arguments():
 
 def fill_cache(prefix_lens, T, dtype):
     """Caches of capacity T whose row b holds prefix_lens[b] tokens, each row's keys,
-    B_rot and g from the float64 scan of its own prefix (g, phi in float32, float64
-    for a float64 cache); returns (caches, the float64 prefixes)."""
+    B_rot and g from the float64 scan of its own prefix (g float64, phi float32,
+    float64 for a float64 cache); returns (caches, the float64 prefixes)."""
     b, sd = len(prefix_lens), torch.float64 if dtype == torch.float64 else torch.float32
     caches = [torch.zeros(b, T, HK, D, dtype=dtype), torch.zeros(b, T, HK, D, dtype=dtype),
-              torch.zeros(b, T, H, N, dtype=dtype), torch.zeros(b, T, H, dtype=sd), torch.zeros(b, H, N // 2, dtype=sd)]
+              torch.zeros(b, T, H, N, dtype=dtype), torch.zeros(b, T, H, dtype=torch.float64), torch.zeros(b, H, N // 2, dtype=sd)]
     prefixes = []
     for i, L in enumerate(prefix_lens):
         x, _ = packed_inputs([L], torch.float64, seed=10 + i)
         _, B_rot, g, (_, phi) = sisa.naive.naive_scan(*(z[None] for z in x[3:]))
         caches[0][i, :L], caches[1][i, :L] = x[1].to(dtype), x[2].to(dtype)
-        caches[2][i, :L], caches[3][i, :L], caches[4][i] = B_rot[0].to(dtype), g[0].to(sd), phi[0].to(sd)
+        caches[2][i, :L], caches[3][i, :L], caches[4][i] = B_rot[0].to(dtype), g[0], phi[0].to(sd)
         prefixes.append(x)
     return caches, prefixes
 

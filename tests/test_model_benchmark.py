@@ -1,5 +1,4 @@
 """benchmarks.model: the --quick run, and a gate that fails on broken models."""
-import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -125,3 +124,13 @@ def test_readme_table_is_generated_from_the_committed_results():
         "README.md's model table differs from the committed model.json: run " \
         "python -m benchmarks.model_report benchmarks/results/model_cpu/model.json --write"
     assert "not measured" in block and "27,714" in block and "16,783" in block
+
+
+def test_checkpointing_is_used_where_the_model_has_the_switch_and_reported_otherwise():
+    import types
+    from benchmarks.model_forms import checkpointing_unsupported, set_checkpointing
+    assert "no gradient_checkpointing switch" in checkpointing_unsupported(types.SimpleNamespace())
+    model = types.SimpleNamespace(gradient_checkpointing=False)
+    assert checkpointing_unsupported(model) is None
+    set_checkpointing(model, True)
+    assert model.gradient_checkpointing is True
