@@ -36,4 +36,4 @@ ATTENTION = {
 }
 
 # The scan backward spills on sm_80 with 1K-element tiles: half that first.
-OTHERS = {"delta": [64, 32], "decode": [(32, 12288, 4, 2)], "scan": [512, 256], "augment": [(64, 16), (32, 16)]}
+OTHERS = {"delta": [64, 32], "decode": [(32, 12288, 4, 2)], "scan": [512, 256], "augment": [(64, 16), (16, 16)]}

@@ -41,4 +41,5 @@ ATTENTION = {
     ("dkv", 256, 64): [(16, 16, 4, 2)],
     ("dkv", 256, 128): [(16, 16, 4, 2)],
 }
-OTHERS = {"delta": [64, 32], "decode": [(32, 12288, 4, 2)], "scan": [1024, 512], "augment": [(64, 16), (32, 16)]}
+# The augment backward spills 24 B with 32-row tiles at d=64, n=16 (64 and 16 rows do not).
+OTHERS = {"delta": [64, 32], "decode": [(32, 12288, 4, 2)], "scan": [1024, 512], "augment": [(64, 16), (16, 16)]}

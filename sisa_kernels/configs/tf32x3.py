@@ -18,4 +18,4 @@ for _n in (64, 128):
     ATTENTION_FP32[("dkv", 256, _n)] = [(16, 16, 8, 2), (16, 16, 4, 1)]
 
 # Decode: 16-row tiles and half the key tile (the 32-row grouped-query tiles spill).
-OTHERS_FP32 = {"delta": [64, 32], "decode": [(16, 6144, 4, 2)], "scan": [1024, 512], "augment": [(32, 16), (16, 16)]}
+OTHERS_FP32 = {"delta": [64, 32], "decode": [(16, 6144, 4, 2)], "scan": [1024, 512], "augment": [(16, 16)]}
