@@ -50,10 +50,19 @@ def worker_init(sh, on_device=False):
     _WORKER.update(shape=sh, on_device=on_device, capability=None)
 
 
+class _PerTarget(StandInDriver):
+    """The stand-in with the capability as the device number: Triton keeps compiled
+    kernels per device, and a worker that compiles for two targets must not get the
+    first target's kernels back for the second."""
+
+    def get_current_device(self):
+        return self.target.arch
+
+
 def _use_target(target):
     from triton.runtime import driver
     if not _WORKER["on_device"] and _WORKER["capability"] != target.capability:
-        driver.set_active(StandInDriver(target.capability))
+        driver.set_active(_PerTarget(target.capability))
         _WORKER["capability"] = target.capability
 
 
