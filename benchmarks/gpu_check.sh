@@ -6,7 +6,8 @@
 #
 # Stages, each under `timeout`, each exit status reported; a failing stage does not
 # stop the next one:
-#   1. env   : nvidia-smi, versions, sisa.available_backends("cuda")   -> $OUT/env.log
+#   1. env   : nvidia-smi, versions, arch and tile family,           -> $OUT/env.log
+#              sisa.available_backends("cuda")
 #   2. tests : GPU parity tests, python -m pytest tests -q              -> $OUT/tests.log
 #              (the tests pick CUDA by themselves, bf16 included)
 #   3. static: static-vs-measured: every kernel config compiled by the   -> $OUT/static/, $OUT/static.log
@@ -68,6 +69,13 @@ try:
 except Exception as exc:
     print("flash_attn unavailable:", type(exc).__name__)
 print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+try:
+    from sisa_kernels.configs import device as tiles
+    info = tiles.info_of(torch.device("cuda", 0))
+    print("arch", "sm_%d%d" % info.capability, "| opt-in shared memory per block", info.smem_per_block,
+          "B | tile family", tiles.family_of(torch.device("cuda", 0)))
+except Exception as exc:
+    print("tile family unavailable:", type(exc).__name__, exc)
 import sisa
 from sisa.backends import triton_unavailable_reason
 print("sisa.available_backends(cuda):", sisa.available_backends("cuda"),

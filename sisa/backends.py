@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from sisa_kernels.errors import KernelLaunchError  # noqa: F401  (no Triton import: the fused paths' fallback signal)
+
 # The package's logger for fallbacks and notices (silent unless the application
 # configures logging; sisa/__init__ gives it a NullHandler).
 logger = logging.getLogger("sisa")

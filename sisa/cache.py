@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from . import backends
 from .naive import G_DTYPE, naive_attention, state_dtype
-from .sdpa import DECAY_BUDGET, all_finite, causal_args, fill_wide, overflow_check, sdpa_attention
+from .ops import exact_sdpa
+from .sdpa import DECAY_BUDGET, all_finite, causal_args, fill_wide, overflow_check
 
 
 class LayerCache:
@@ -140,7 +141,10 @@ def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=No
     recorded = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
     if (q.is_cuda and not recorded and q.dtype != torch.float64
             and backends.triton_unavailable_reason(q.device) is None):
-        return backends.kernel("decode").sisa_decode(*inputs, softmax_scale, key_mask=key_mask)
+        try:
+            return backends.kernel("decode").sisa_decode(*inputs, softmax_scale, key_mask=key_mask)
+        except backends.KernelLaunchError as exc:     # no config launches on this GPU: the exact paths below
+            exc.warn_once("the exact decode path")
     if key_mask is not None:
         return naive_attention(*inputs, softmax_scale, key_mask=key_mask)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
@@ -148,7 +152,7 @@ def cached_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, cache=No
         out = _widened_attention(cache, *inputs, scale)
         if out is not None:
             return out
-    return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale)
+    return exact_sdpa(q, k, v, C_rot, B_rot, g, lam, scale)
 
 
 def _widened_attention(cache, q, k, v, C_rot, B_rot, g, lam, scale):

@@ -47,9 +47,12 @@ def ssm_importance_scan(C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tenso
     backend = backends.resolve(backend, C.device, "scan")
     if backend == "triton":
         g0, phi0 = initial_state if initial_state is not None else (None, None)
-        C_rot, B_rot, g, g_last, phi_last = backends.kernel("scan").ssm_scan(
-            C, B, log_alpha, theta, g0, phi0, cu_seqlens=cu_seqlens)
-        return C_rot, B_rot, g, (g_last, phi_last)
+        try:
+            C_rot, B_rot, g, g_last, phi_last = backends.kernel("scan").ssm_scan(
+                C, B, log_alpha, theta, g0, phi0, cu_seqlens=cu_seqlens)
+            return C_rot, B_rot, g, (g_last, phi_last)
+        except backends.KernelLaunchError as exc:     # no config launches on this GPU
+            exc.warn_once("the naive scan")
     if cu_seqlens is None:
         return naive_scan(C, B, log_alpha, theta, initial_state)
     if C.device.type == "meta":                                   # no values: the shapes of n_seqs sequences
@@ -114,10 +117,26 @@ def attention_from_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C_rot
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
     if backend == "naive":
         return naive_attention(q, k, v, C_rot, B_rot, g, lam, scale)
-    if backend == "sdpa":
-        return _first_order(sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale), backend)
-    attn = backends.kernel("attention_op").sisa_attn
-    return _first_order(attn(q, k, v, C_rot, B_rot, g, lam.float(), scale, cu_seqlens=cu_seqlens), backend)
+    if backend == "triton":
+        try:
+            return _first_order(backends.kernel("attention_op").sisa_attn(q, k, v, C_rot, B_rot, g, lam.float(), scale,
+                                                                          cu_seqlens=cu_seqlens), backend)
+        except backends.KernelLaunchError as exc:     # no config launches on this GPU
+            exc.warn_once("the exact sdpa path")
+        if cu_seqlens is not None:
+            parts = zip(*(split_sequences(x, check_cu_seqlens(cu_seqlens, q.shape[1], 1))
+                          for x in (q, k, v, C_rot, B_rot, g)))
+            return _first_order(torch.cat([exact_sdpa(*p, lam, scale) for p in parts], dim=1), "sdpa")
+    return _first_order(exact_sdpa(q, k, v, C_rot, B_rot, g, lam, scale), "sdpa")
+
+
+def exact_sdpa(q, k, v, C_rot, B_rot, g, lam, scale):
+    """sdpa_attention, without its fused Triton epilogue when that cannot launch."""
+    try:
+        return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale)
+    except backends.KernelLaunchError as exc:
+        exc.warn_once("the PyTorch Qhat/Khat build")
+        return sdpa_attention(q, k, v, C_rot, B_rot, g, lam, scale, fused_augment=False)
 
 
 def sisa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.Tensor, B: torch.Tensor, log_alpha: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor, *,

@@ -335,5 +335,5 @@ def sisa_attn_fwd(q, k, v, C_rot, B_rot, g, lam, softmax_scale, config=None, bou
             *out.stride(), h, t, s, h // hk, float(softmax_scale), configs.length_bucket(t))
     consts = dict(D=d, N=n, D_PAD=padded(d), N_PAD=state_padded(n, padded(d)), IS_VARLEN=bounds is not None,
                   UPCAST=upcast_dot(q.dtype, C_rot.dtype))
-    configs.launch(_sisa_fwd_kernel, _sisa_fwd_tuned, "fwd", grid, args, consts, config, t)
+    configs.launch(_sisa_fwd_kernel, _sisa_fwd_tuned, "fwd", grid, args, consts, config, t, q.device, q.dtype)
     return out, lse

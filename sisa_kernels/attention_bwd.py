@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .attention import (block_offsets, g_sub, interpreting, key_tile, load_g, load_rows, logit_scales, logits,
+from .attention import (block_offsets, g_sub, key_tile, load_g, load_rows, logit_scales, logits,
                         neg_part, padded, query_rows, sequence_starts, state_padded, tile_dot, upcast_dot)
 
 
@@ -332,9 +332,10 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     d_pad = padded(d)
     n_pad = state_padded(n, d_pad)
     upcast = upcast_dot(q.dtype, C_rot.dtype)
-    blk = 16 if interpreting() else 64
-    _sisa_bwd_delta_kernel[(triton.cdiv(s, blk), h, b)](
-        out, dout, delta, *out.stride(), *dout.stride(), h, s, d, D_PAD=d_pad, BLOCK=blk)
+    family = configs.launch_family(dev)
+    configs.run("_sisa_bwd_delta_kernel", dev, family, d_pad, [16] if family is None else configs.others(
+        "delta", family, q.dtype), lambda blk: _sisa_bwd_delta_kernel[(triton.cdiv(s, blk), h, b)](
+            out, dout, delta, *out.stride(), *dout.stride(), h, s, d, D_PAD=d_pad, BLOCK=blk))
     common = (*q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
               *dout.stride())
     grid = lambda meta: (triton.cdiv(s, meta["BLOCK_OUT"]), h, b)
@@ -343,10 +344,10 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     tail = (h, t, s, rep, float(softmax_scale), configs.length_bucket(t))
     configs.launch(_sisa_bwd_dkv_kernel, _sisa_bwd_dkv_tuned, "dkv", kv_grid,
                    (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk, dv, dbr, col_g, bounds,
-                    *common, *dk.stride(), *dbr.stride(), *tail), consts, config, t)
+                    *common, *dk.stride(), *dbr.stride(), *tail), consts, config, t, dev, q.dtype)
     configs.launch(_sisa_bwd_dq_kernel, _sisa_bwd_dq_tuned, "dq", grid,
                    (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dq, dcr, row_g, bounds,
-                    *common, *dq.stride(), *dcr.stride(), *tail), consts, config, t)
+                    *common, *dq.stride(), *dcr.stride(), *tail), consts, config, t, dev, q.dtype)
     dlam = row_g.sum(dim=(0, 2))
     # dg_t = lam (row sums of G at position t, for the query there) - lam (column sums at t)
     diff = -col_g

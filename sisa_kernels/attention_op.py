@@ -22,6 +22,8 @@ import torch
 
 from .attention import sequence_bounds, sisa_attn_fwd
 from .attention_bwd import sisa_attn_bwd
+from .attention_ref import dense_attention
+from .errors import KernelLaunchError
 
 
 @torch.library.custom_op("sisa_kernels::sisa_attn_fwd", mutates_args=())
@@ -68,8 +70,20 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlse):
     q, k, v, C_rot, B_rot, g, lam, out, lse, bounds = ctx.saved_tensors
-    grads = _attn_bwd_op(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, ctx.softmax_scale, bounds)
+    try:
+        grads = _attn_bwd_op(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, ctx.softmax_scale, bounds)
+    except KernelLaunchError as exc:       # no backward config launches on this GPU
+        exc.warn_once("the dense PyTorch reference for the gradients")
+        grads = _dense_grads(dout, (q, k, v, C_rot, B_rot, g, lam), ctx.softmax_scale, bounds)
     return (*grads, None, None)
+
+
+def _dense_grads(dout, inputs, softmax_scale, bounds):
+    """The seven gradients by autograd through ``attention_ref.dense_attention``."""
+    with torch.enable_grad():
+        leaves = [x.detach().requires_grad_() for x in inputs]
+        out = dense_attention(*leaves, softmax_scale, bounds)
+        return torch.autograd.grad(out, leaves, dout)
 
 
 _attn_fwd_op.register_autograd(_backward, setup_context=_setup_context)

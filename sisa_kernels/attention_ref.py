@@ -64,3 +64,24 @@ def sisa_attn_tiles(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, block=16)
         out[:, :, m0:m1] = acc / l[..., None]
         lse[:, :, m0:m1] = m + torch.log(l)
     return out.transpose(1, 2).to(q.dtype), lse
+
+
+def dense_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale, bounds=None):
+    """The op's maths with one explicit (s x t) score per head, differentiable: what
+    ``attention_op`` differentiates when no backward config launches on a GPU
+    (O(b h s t) memory). The s queries are the last s of k's t positions; bounds:
+    None or (2, t) int32, each position's sequence [start, end) (s = t)."""
+    b, s, h, d = q.shape
+    t = k.shape[1]
+    qh, kh, vh, crh, brh, gh, lam = heads_first(q, k, v, C_rot, B_rot, g, lam)
+    pos_i = torch.arange(t - s, t, device=q.device)[:, None]
+    pos_j = torch.arange(t, device=q.device)[None, :]
+    seen = pos_j <= pos_i
+    if bounds is not None:
+        seen = seen & (pos_j >= bounds[0].to(q.device)[t - s:, None].long())
+    gq = gh[:, :, t - s:]
+    expo = (gq[..., :, None] - gh[..., None, :]).clamp(max=0).masked_fill(~seen, 0)
+    decay = torch.exp(expo).to(qh.dtype)                           # the difference taken in float64
+    score = softmax_scale * qh @ kh.transpose(-1, -2) + lam * decay * (crh @ brh.transpose(-1, -2))
+    p = torch.softmax(score.masked_fill(~seen, -math.inf), dim=-1)
+    return (p @ vh).transpose(1, 2).to(q.dtype)

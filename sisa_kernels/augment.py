@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from sisa_kernels.scan import _INTERPRET, _store_dtype
+from . import configs
+from .scan import _INTERPRET, _store_dtype
 
 
 # ----------------------------------------------------------------------------
@@ -123,12 +124,21 @@ def _augment_bwd_kernel(
 # Launchers
 # ----------------------------------------------------------------------------
 
-def _blocks(d: int, n: int) -> tuple[int, int, int]:
-    """(BLOCK_T, BLOCK_D, BLOCK_N): 16 rows past a 128-wide row (the backward's 32-row
-    tiles spill on sm_90 from d=128, n=64; ``python -m benchmarks.static``)."""
+def _blocks(d: int, n: int, rows: tuple[int, int] = (64, 16)) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_D, BLOCK_N): ``rows`` (the family table's entry) gives BLOCK_T
+    for rows of d + n <= 128 and for wider ones (the backward's wide tiles spill,
+    ``python -m benchmarks.static``)."""
     block_d, block_n = triton.next_power_of_2(d), triton.next_power_of_2(n)
-    block_t = 32 if _INTERPRET else 64 if block_d + block_n <= 128 else 16
+    block_t = 32 if _INTERPRET else rows[0] if block_d + block_n <= 128 else rows[1]
     return block_t, block_d, block_n
+
+
+def _launch(kernel_name, dev, dtype, d, n, launch_one):
+    """``launch_one(BLOCK_T, BLOCK_D, BLOCK_N)`` through the family table's augment
+    entries (the safety net of ``configs.run``)."""
+    family = configs.launch_family(dev)
+    entries = [(64, 16)] if family is None else configs.others("augment", family, dtype)
+    configs.run(kernel_name, dev, family, (d, n), entries, lambda rows: launch_one(*_blocks(d, n, rows)))
 
 
 def _augment_fwd(q, k, C_rot, B_rot, g, s, c, width):
@@ -139,11 +149,11 @@ def _augment_fwd(q, k, C_rot, B_rot, g, s, c, width):
     if Qh.numel():
         q, k = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k))
         C_rot, B_rot, g, s, c = (x.contiguous() for x in (C_rot, B_rot, g, s, c))
-        block_t, block_d, block_n = _blocks(d, n)
-        _augment_fwd_kernel[(triton.cdiv(t, block_t), b * h)](
-            q, k, C_rot, B_rot, g, s, c, Qh, Kh, t, h, hk, d, n, width,
-            *q.stride()[:3], *k.stride()[:3],
-            BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n)
+        _launch("_augment_fwd_kernel", q.device, q.dtype, d, n, lambda block_t, block_d, block_n:
+                _augment_fwd_kernel[(triton.cdiv(t, block_t), b * h)](
+                    q, k, C_rot, B_rot, g, s, c, Qh, Kh, t, h, hk, d, n, width,
+                    *q.stride()[:3], *k.stride()[:3],
+                    BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n))
     return Qh.to(q.dtype), Kh.to(q.dtype)
 
 
@@ -163,12 +173,12 @@ def _augment_bwd(dQh, dKh, C_rot, B_rot, g, s, c, d, hk):
     if runs:
         C_rot, B_rot, g, s, c = (x.contiguous() for x in (C_rot, B_rot, g, s, c))
         dQh, dKh = (x.contiguous() if x is not None else None for x in (dQh, dKh))
-        block_t, block_d, block_n = _blocks(d, n)
-        _augment_bwd_kernel[(triton.cdiv(t, block_t), b * hk)](
-            dQh, dKh, C_rot, B_rot, g, s, c, dq, dk, dC, dB, dg, ds,
-            t, h, hk, d, n, dQh.shape[-1] if dQh is not None else dKh.shape[-1],
-            HAS_DQH=dQh is not None, HAS_DKH=dKh is not None,
-            BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n)
+        _launch("_augment_bwd_kernel", dev, dtype, d, n, lambda block_t, block_d, block_n:
+                _augment_bwd_kernel[(triton.cdiv(t, block_t), b * hk)](
+                    dQh, dKh, C_rot, B_rot, g, s, c, dq, dk, dC, dB, dg, ds,
+                    t, h, hk, d, n, dQh.shape[-1] if dQh is not None else dKh.shape[-1],
+                    HAS_DQH=dQh is not None, HAS_DKH=dKh is not None,
+                    BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_N=block_n))
     return (dq.to(dtype), dk.to(dtype), dC.to(C_rot.dtype), dB.to(B_rot.dtype),
             dg, ds.sum((0, 1)), -dg.sum(1))
 

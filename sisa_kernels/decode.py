@@ -44,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import configs
 from .attention import interpreting, neg_part, padded, tile_dot, upcast_dot
 
 
@@ -179,17 +180,16 @@ def _decode_merge_kernel(
 # Host side
 # ----------------------------------------------------------------------------
 
-def block_n_for(d_pad: int, n_pad: int) -> int:
-    """Keys per tile: k, v and B_rot tiles of together about 12K elements, 16..64 rows
-    (more spills on sm_90, ``python -m benchmarks.static``)."""
-    return max(16, min(64, 1 << (12288 // (2 * d_pad + n_pad)).bit_length() - 1))
+def block_n_for(d_pad: int, n_pad: int, elements: int = 12288) -> int:
+    """Keys per tile: k, v and B_rot tiles of together about ``elements`` elements
+    (the family table's entry), 16..64 rows."""
+    return max(16, min(64, 1 << (elements // (2 * d_pad + n_pad)).bit_length() - 1))
 
 
-
-def block_m_for(rows: int) -> int:
-    """Query rows per program (a kv head's group heads x new queries): 16..32 (64-row
-    tiles spill on sm_90, ``python -m benchmarks.static``)."""
-    return max(16, min(32, triton.next_power_of_2(rows)))
+def block_m_for(rows: int, most: int = 32) -> int:
+    """Query rows per program (a kv head's group heads x new queries): 16..``most``
+    (the family table's entry)."""
+    return max(16, min(most, triton.next_power_of_2(rows)))
 
 
 def num_splits_for(T: int, programs: int, block_n: int, device: torch.device) -> int:
@@ -251,25 +251,32 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=No
     elif check_lengths and not bool(((lengths >= s) & (lengths <= T)).all()):
         raise ValueError(f"lengths: every live length must lie in [s, T] = [{s}, {T}], got {lengths.tolist()}")
     d_pad, n_pad, rep = padded(d), padded(n), h // hk
-    block_n = block_n or block_n_for(d_pad, n_pad)
-    block_m = block_m_for(rep * s)
-    row_blocks = triton.cdiv(rep * s, block_m)
-    splits = num_splits or num_splits_for(T, b * hk * row_blocks, block_n, q.device)
-    chunk = triton.cdiv(triton.cdiv(T, splits), block_n) * block_n
-    splits = triton.cdiv(T, chunk)                     # no split past the end of the cache
-    part_o = torch.empty((b * h * s * splits, d), dtype=torch.float32, device=q.device)
-    part_l = torch.empty((b * h * s * splits,), dtype=torch.float32, device=q.device)
     lam = lam.to(torch.float32).contiguous()         # the kernel reads lam[h]
     keys = lengths if key_mask is None else key_mask.view(torch.uint8)   # a dummy pointer without a mask
-    _decode_split_kernel[(b * hk, row_blocks, splits)](
-        q, k, v, C_rot, B_rot, g, lam, lengths, keys, part_o, part_l,
-        *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
-        *(key_mask.stride() if key_mask is not None else (0, 0)),
-        h, s, d, n, chunk, splits, float(scale),
-        REP=rep, BLOCK_M=block_m, D_PAD=d_pad, N_PAD=n_pad, BLOCK_N=block_n,
-        UPCAST=upcast_dot(q.dtype), HAS_KEY_MASK=key_mask is not None, num_warps=4, num_stages=num_stages)
-    _decode_merge_kernel[(b * h * s,)](
-        part_o, part_l, out, *out.stride(), h, s, d, splits,
-        D_PAD=d_pad, SPLITS_PAD=triton.next_power_of_2(splits), BLOCK_S=max(1, 2048 // d_pad),
-        num_warps=4 if d_pad >= 128 else 2)
+    family = configs.launch_family(q.device)
+    entries = ([(32, 12288, 4, num_stages)] if family is None or block_n is not None
+               else configs.others("decode", family, q.dtype))
+
+    def launch(entry):
+        most_rows, elements, warps, stages = entry
+        bn = block_n or block_n_for(d_pad, n_pad, elements)
+        block_m = block_m_for(rep * s, most_rows)
+        row_blocks = triton.cdiv(rep * s, block_m)
+        splits = num_splits or num_splits_for(T, b * hk * row_blocks, bn, q.device)
+        chunk = triton.cdiv(triton.cdiv(T, splits), bn) * bn
+        splits = triton.cdiv(T, chunk)                 # no split past the end of the cache
+        part_o = torch.empty((b * h * s * splits, d), dtype=torch.float32, device=q.device)
+        part_l = torch.empty((b * h * s * splits,), dtype=torch.float32, device=q.device)
+        _decode_split_kernel[(b * hk, row_blocks, splits)](
+            q, k, v, C_rot, B_rot, g, lam, lengths, keys, part_o, part_l,
+            *q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
+            *(key_mask.stride() if key_mask is not None else (0, 0)),
+            h, s, d, n, chunk, splits, float(scale),
+            REP=rep, BLOCK_M=block_m, D_PAD=d_pad, N_PAD=n_pad, BLOCK_N=bn,
+            UPCAST=upcast_dot(q.dtype), HAS_KEY_MASK=key_mask is not None, num_warps=warps, num_stages=stages)
+        _decode_merge_kernel[(b * h * s,)](
+            part_o, part_l, out, *out.stride(), h, s, d, splits,
+            D_PAD=d_pad, SPLITS_PAD=triton.next_power_of_2(splits), BLOCK_S=max(1, 2048 // d_pad),
+            num_warps=4 if d_pad >= 128 else 2)
+    configs.run("_decode_split_kernel", q.device, family, (d_pad, n_pad), entries, launch)
     return out

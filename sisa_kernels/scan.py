@@ -27,6 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import configs
+from .errors import KernelLaunchError
+from .scan_ref import scan_ref_backward
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -260,20 +264,28 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 G_DTYPE = torch.float64     # g, g0, g_last: differences of nearby tokens stay exact at any |g|
 
 
-def _block_sizes(n_pairs: int, n_bh: int, device: torch.device) -> tuple[int, int, int]:
+def _block_sizes(n_pairs: int, n_bh: int, device: torch.device, elements: int = 1024) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_P, num_warps). Interpreter: small fixed chunks. CUDA: narrow
     the pair block until there are ~4 programs per SM (the loop over t is serial),
-    then size BLOCK_T for a 1K-element tile (at most 128 rows), 4 warps from 512
-    elements (the backward spills on sm_90 with more per warp, ``python -m
-    benchmarks.static``)."""
+    then size BLOCK_T for a tile of ``elements`` (the family table's entry; at most
+    128 rows), 4 warps from 512 elements (the backward spills with more per warp,
+    ``python -m benchmarks.static``)."""
     block_p = min(triton.next_power_of_2(n_pairs), 32)
     if _INTERPRET or device.type != "cuda":
         return 64, block_p, 4
     target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     while block_p > 2 and n_bh * triton.cdiv(n_pairs, block_p) < target:
         block_p //= 2
-    block_t = max(16, min(128, 1024 // block_p))
+    block_t = max(16, min(128, elements // block_p))
     return block_t, block_p, 4 if block_t * block_p >= 512 else 2
+
+
+def _launch(kernel_name, dev, dtype, launch_one):
+    """``launch_one(elements)`` through the family table's scan entries (the safety net
+    of ``configs.run``)."""
+    family = configs.launch_family(dev)
+    entries = [1024] if family is None else configs.others("scan", family, dtype)
+    configs.run(kernel_name, dev, family, None, entries, launch_one)
 
 
 def _store_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -317,12 +329,15 @@ def _scan_fwd(C, B, log_alpha, theta, g0, phi0, cu_seqlens=None):
     if t > 0 and b * h > 0:
         C, B = _same_strides(C, B)
         cu, seq = _segment_index(cu_seqlens, t)
-        block_t, block_p, warps = _block_sizes(P, b * h, dev)
-        _scan_fwd_kernel[(triton.cdiv(P, block_p), b * h)](
-            C, B, log_alpha, theta, C_rot, B_rot, g, g0, phi0, g_last, phi_last, cu, seq,
-            t, h, P, *C.stride(), *log_alpha.stride(), *theta.stride(),
-            IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
-        )
+
+        def launch(elements):
+            block_t, block_p, warps = _block_sizes(P, b * h, dev, elements)
+            _scan_fwd_kernel[(triton.cdiv(P, block_p), b * h)](
+                C, B, log_alpha, theta, C_rot, B_rot, g, g0, phi0, g_last, phi_last, cu, seq,
+                t, h, P, *C.stride(), *log_alpha.stride(), *theta.stride(),
+                IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
+            )
+        _launch("_scan_fwd_kernel", dev, C.dtype, launch)
     return C_rot.to(C.dtype), B_rot.to(B.dtype), g, g_last, phi_last
 
 
@@ -344,13 +359,16 @@ def _scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last, cu_
         C, B = _same_strides(C, B)
         dC_rot, dB_rot, dg = (x.contiguous() if x is not None else None for x in (dC_rot, dB_rot, dg))
         cu, seq = _segment_index(cu_seqlens, t)
-        block_t, block_p, warps = _block_sizes(P, b * h, dev)
-        _scan_bwd_kernel[(triton.cdiv(P, block_p), b * h)](
-            C, B, theta, phi_last, dC_rot, dB_rot, dg, dC, dB, dla, dth, dg_last, dphi_last, dg0, dphi0,
-            cu, seq, t, h, P, *C.stride(), *theta.stride(),
-            HAS_DCR=dC_rot is not None, HAS_DBR=dB_rot is not None, HAS_DG=dg is not None,
-            IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
-        )
+
+        def launch(elements):
+            block_t, block_p, warps = _block_sizes(P, b * h, dev, elements)
+            _scan_bwd_kernel[(triton.cdiv(P, block_p), b * h)](
+                C, B, theta, phi_last, dC_rot, dB_rot, dg, dC, dB, dla, dth, dg_last, dphi_last, dg0, dphi0,
+                cu, seq, t, h, P, *C.stride(), *theta.stride(),
+                HAS_DCR=dC_rot is not None, HAS_DBR=dB_rot is not None, HAS_DG=dg is not None,
+                IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
+            )
+        _launch("_scan_bwd_kernel", dev, C.dtype, launch)
     return dC.to(C.dtype), dB.to(B.dtype), dla, dth.to(theta.dtype), dg0, dphi0
 
 
@@ -409,11 +427,34 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dC_rot, dB_rot, dg, dg_last, dphi_last):
     C, B, theta, phi_last, cu_seqlens = ctx.saved_tensors
-    dC, dB, dla, dth, dg0, dphi0 = scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last,
-                                            dphi_last, cu_seqlens)
+    try:
+        dC, dB, dla, dth, dg0, dphi0 = scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last,
+                                                dphi_last, cu_seqlens)
+    except KernelLaunchError as exc:       # no backward config launches on this GPU
+        exc.warn_once("the PyTorch reference backward (scan_ref)")
+        dC, dB, dla, dth, dg0, dphi0 = _reference_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last,
+                                                      dphi_last, cu_seqlens)
     return (dC, dB, dla.to(ctx.la_dtype), dth,
             dg0.to(ctx.g0_dtype) if ctx.g0_dtype is not None else None,
             dphi0.to(ctx.phi0_dtype) if ctx.phi0_dtype is not None else None, None)
+
+
+def _reference_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last, cu_seqlens):
+    """scan_ref_backward (missing incoming gradients as zeros), per packed sequence."""
+    b, t, h, n = C.shape
+    sd, z = _state_dtype(C.dtype), torch.zeros
+    dC_rot = z(C.shape, dtype=C.dtype, device=C.device) if dC_rot is None else dC_rot
+    dB_rot = z(B.shape, dtype=B.dtype, device=B.device) if dB_rot is None else dB_rot
+    dg = z(b, t, h, dtype=sd, device=C.device) if dg is None else dg
+    dg_last = z(phi_last.shape[:2], dtype=sd, device=C.device) if dg_last is None else dg_last
+    dphi_last = torch.zeros_like(phi_last) if dphi_last is None else dphi_last
+    if cu_seqlens is None:
+        return scan_ref_backward(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last)
+    cu = cu_seqlens.tolist()
+    parts = [scan_ref_backward(*(x[:, a:e] for x in (C, B, theta)), phi_last[i:i + 1],
+                               *(x[:, a:e] for x in (dC_rot, dB_rot, dg)), dg_last[i:i + 1], dphi_last[i:i + 1])
+             for i, (a, e) in enumerate(zip(cu[:-1], cu[1:]))]
+    return tuple(torch.cat(x, dim=1 if j < 4 else 0) for j, x in enumerate(zip(*parts)))
 
 
 scan_fwd.register_autograd(_backward, setup_context=_setup_context)

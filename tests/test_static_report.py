@@ -1,105 +1,197 @@
-"""The static sm_90 report, ``python -m benchmarks.static`` (head dims 64, 96, 128, 256;
-d_states 16, 64, 128): every kernel config the launchers may pick compiles for Hopper
-without a GPU, and the report has a row for each with sane numbers; ``test_budgets`` holds
-the kernels to the sm_90 budgets (no spills, shared memory within 227 KiB, two forward
-blocks per SM at d=64, n=16).
+"""The committed static reports (``python -m benchmarks.static``, one file per arch
+and dtype under benchmarks/results/static/) against the kernels as they are now.
 
-The command runs in a subprocess without TRITON_INTERPRET (conftest sets it for the suite;
-the report must compile, not interpret), once for the module (about three minutes on two
-cores). The expected attention configs come from ``sisa_kernels.configs`` (the launchers'
-table and the autotuner's pruned list), independently of how the report finds them.
+- fast: every committed file carries the current fingerprint of the kernel sources and
+  tables (a stale one fails, naming the command that refreshes it; a pair not yet
+  compiled is printed, not failed), and its rows are within the target's budgets;
+- a small sample per arch (one attention compile) is recompiled and must match the
+  committed registers, spills and shared memory;
+- the report's compile workers do not outlive it, however it is stopped.
+The compiles run in subprocesses without TRITON_INTERPRET (conftest sets it for the suite).
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-DIMS, STATES = (64, 96, 128, 256), (16, 64, 128)
-ATTENTION = {"_sisa_fwd_kernel": "fwd", "_sisa_bwd_dq_kernel": "dq", "_sisa_bwd_dkv_kernel": "dkv"}
-OTHERS = {"_sisa_bwd_delta_kernel", "_scan_fwd_kernel", "_scan_bwd_kernel", "_decode_split_kernel",
-          "_decode_merge_kernel", "_augment_fwd_kernel", "_augment_bwd_kernel"}
-SMEM_BUDGET = 227 * 1024
+sys.path.insert(0, str(ROOT))
+from benchmarks.static import report  # noqa: E402
+from benchmarks.static.targets import ARCHES, DTYPES, TARGETS  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "static"
+PAIRS = [(arch, dt) for arch in ARCHES for dt in DTYPES]
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def _stem(arch, dt):
+    return f"{TARGETS[arch].stem}_{dt}"
+
+
+def _committed():
+    """{(arch, dtype): report} of the committed files (the full report, else the quick
+    one); prints the pairs not compiled yet and those with only a quick report."""
+    found, missing, quick = {}, [], []
+    for arch, dt in PAIRS:
+        for suffix in ("", "_quick"):
+            path = RESULTS / f"{_stem(arch, dt)}{suffix}.json"
+            if path.exists():
+                found[arch, dt] = json.loads(path.read_text())
+                if suffix:
+                    quick.append(_stem(arch, dt))
+                break
+        else:
+            missing.append(_stem(arch, dt))
+    if quick:
+        print(f"static report: only the --quick report is committed for {', '.join(quick)}")
+    if missing:
+        print(f"static report: not yet compiled (no committed file): {', '.join(missing)}")
+    return found
+
+
+def _env():
+    return {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SISA_AUTOTUNE")}
+
+
+def test_committed_reports_are_current():
+    stale = [f"{_stem(arch, dt)} (committed {data['meta'].get('fingerprint')}, now {report.fingerprint(arch, dt)})"
+             for (arch, dt), data in _committed().items()
+             if data["meta"].get("fingerprint") != report.fingerprint(arch, dt)]
+    assert not stale, (f"static reports older than the kernels or tables: {stale}; rerun `nice python -m "
+                       "benchmarks.static --jobs 2` (it skips the current ones)")
+
+
+def test_a_table_edit_stales_its_family_only(monkeypatch):
+    from sisa_kernels.configs import sm90
+    before = {arch: report.fingerprint(arch, "bf16") for arch in ("sm_90", "sm_80")}
+    fp32 = report.fingerprint("sm_90", "fp32")
+    monkeypatch.setattr(sm90, "ATTENTION", {**sm90.ATTENTION, ("fwd", 64, 16): [(32, 16, 4, 2)]})
+    assert report.fingerprint("sm_90", "bf16") != before["sm_90"]
+    assert report.fingerprint("sm_80", "bf16") == before["sm_80"] and report.fingerprint("sm_90", "fp32") == fp32
+
+
+def test_each_target_names_its_family():
+    from sisa_kernels.configs import device
+    for t in TARGETS.values():
+        assert device.family_for(t.major_minor, t.smem_per_block) == t.family, t.arch
+
+
+def test_committed_reports_are_within_budget():
+    """No error, 0 spilled bytes, shared memory within the target's limit, every row of
+    every committed pair (the FlashAttention yardstick is a reference, not held to it)."""
+    over = {}
+    for (arch, dt), data in _committed().items():
+        limit = TARGETS[arch].smem_per_block
+        for r in data["rows"]:
+            assert r["arch"] == arch and r["dtype"] == dt, (arch, dt, r["kernel"])
+            if r["family"] == "yardstick-fa2":
+                continue
+            if r["error"] or r["spilled_bytes"] or r["smem"] > limit:
+                over.setdefault(_stem(arch, dt), []).append(
+                    (r["kernel"], report.config_str(r), r["head_dims"], r["d_states"], r["error"] or
+                     f"{r['spilled_bytes']} B spilled, {r['smem']} B smem"))
+    assert not over, over
+
+
+SAMPLE = r"""
+import json, sys
+from benchmarks.static.analyse import compile_task, worker_init
+from benchmarks.static.plan import Shape, Task
+from benchmarks.static.targets import DTYPES
+out = []
+for arch, dt, row in json.loads(sys.stdin.read()):
+    worker_init(Shape())
+    task = Task(row["family"], row["kernel"], row["d"], row["n"], row["kwargs"], head_dims=row["head_dims"],
+                d_states=row["d_states"])
+    out.append(compile_task(task, arch, DTYPES[dt]))
+print(json.dumps(out, default=str))
+"""
+
+
+def test_a_sample_per_arch_recompiles_as_committed():
+    """One attention row per committed arch (the forward's default at the smallest
+    width), compiled again: the same registers, spills and shared memory (the report's
+    Triton; with another Triton the figures may move, so only the budgets are held)."""
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the kernel tests compile and run every kernel for it")
     pytest.importorskip("triton.backends.nvidia", reason="Triton built without the NVIDIA backend (no ptxas)")
-    out = tmp_path_factory.mktemp("static")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SISA_AUTOTUNE")}
-    res = subprocess.run([sys.executable, "-m", "benchmarks.static", "--out", str(out)], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=1500)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
-    data = json.loads((out / "sm90_bf16.json").read_text())
-    assert (out / "sm90_bf16.md").read_text().count("\n| _") == len(data["rows"])
-    return data, res.stdout
+    import triton
+    sample, seen, versions = [], set(), {}
+    for (arch, dt), data in sorted(_committed().items(), key=lambda kv: kv[0][1] != "bf16"):
+        rows = [r for r in data["rows"] if r["kernel"] == "_sisa_fwd_kernel" and r["pick"] and not r["error"]]
+        if arch not in seen and rows and data["meta"]["fingerprint"] == report.fingerprint(arch, dt):
+            seen.add(arch)
+            sample.append((arch, dt, min(rows, key=lambda r: (min(r["head_dims"]), min(r["d_states"])))))
+            versions[arch] = data["meta"]["triton"]
+    if not sample:
+        pytest.skip("no current committed static report to compare with")
+    res = subprocess.run([sys.executable, "-c", SAMPLE], input=json.dumps(sample), cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-4000:]
+    for (arch, dt, old), new in zip(sample, json.loads(res.stdout.splitlines()[-1])):
+        assert new["error"] is None, (arch, new["error"])
+        same_triton = versions[arch] == triton.__version__
+        keys = ("regs", "spilled_bytes", "smem") if same_triton else ("spilled_bytes",)
+        assert {k: new[k] for k in keys} == {k: old[k] for k in keys}, (arch, dt, old["kwargs"])
 
 
-def _config(row):
-    """(block rows, block cols, num_warps, num_stages) of an attention row."""
-    from sisa_kernels import configs
-    rows, cols = configs.BLOCK_NAMES[ATTENTION[row["kernel"]]]
-    return row["kwargs"][rows], row["kwargs"][cols], row["num_warps"], row["num_stages"]
+def _survivors(tag):
+    """Processes (other than this one) whose environment carries ``tag``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if tag.encode() in (proc / "environ").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
 
 
-def _project(rows):
-    return [r for r in rows if r["family"] != "yardstick-fa2"]
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux only)")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_no_compile_worker_outlives_the_report(how, tmp_path):
+    """`timeout` stops the report with SIGTERM, a test's timeout with SIGKILL: either
+    way its pool workers end within seconds (they used to compile on, orphaned)."""
+    pytest.importorskip("triton.backends.nvidia", reason="Triton built without the NVIDIA backend (no ptxas)")
+    tag = f"SISA_STATIC_TEST_TAG={os.getpid()}-{how}"
+    env = {**_env(), tag.split("=")[0]: tag.split("=")[1]}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.static", "--arch", "sm_90", "--dtypes", "fp32",
+                             "--families", "attention-fwd", "--dims", "256", "--states", "128", "--jobs", "2",
+                             "--force", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while len(_survivors(tag)) < 3 and time.time() < deadline:      # the report and its two workers
+        assert proc.poll() is None, "the report ended before its workers started"
+        time.sleep(0.5)
+    assert len(_survivors(tag)) >= 3, "the workers never started"
+    time.sleep(2)
+    proc.send_signal(how)
+    proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while _survivors(tag) and time.time() < deadline:
+        time.sleep(0.5)
+    left = _survivors(tag)
+    for pid in left:                                   # do not leave them to the machine either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"compile workers outlived the report: {left}"
 
 
-def test_every_config_the_launchers_may_pick_has_a_sane_row(report):
-    from sisa_kernels import configs
-    from sisa_kernels.attention import padded, state_padded
-    data, stdout = report
-    rows = data["rows"]
-    assert not [r["error"] for r in rows if r["error"]]
-    table = [line.split()[0] for line in stdout.splitlines() if line.startswith("_")]
-    assert sorted(table) == sorted(r["kernel"] for r in rows)           # the printed table: one line per row
-
-    for kernel, kind in ATTENTION.items():
-        for d in DIMS:
-            for n in STATES:
-                d_pad = padded(d)
-                n_pad = state_padded(n, d_pad)
-                pick = configs.pick(kind, d_pad, n_pad)
-                expected = set(configs.candidates(kind, d_pad, n_pad)) | {tuple(pick.values())}
-                found = [r for r in rows if r["kernel"] == kernel and d in r["head_dims"] and n in r["d_states"]]
-                assert {_config(r) for r in found} == expected, (kernel, d, n)
-                assert [_config(r) for r in found if r["pick"]] == [tuple(pick.values())], (kernel, d, n)
-    for kernel in OTHERS:        # a row for every (d, n) (an empty list: the kernel does not take it)
-        for d in DIMS:
-            for n in STATES:
-                assert [r for r in rows if r["kernel"] == kernel and r["pick"] and d in (r["head_dims"] or [d])
-                        and n in (r["d_states"] or [n])], (kernel, d, n)
-    yard = sorted((r["head_dims"][0], r["num_stages"], r["num_warps"], r["kwargs"]["BLOCK_M"], r["kwargs"]["BLOCK_N"])
-                  for r in rows if r["family"] == "yardstick-fa2")
-    assert yard == [(64, 2, 8, 128, 64), (64, 3, 8, 128, 64), (128, 2, 8, 128, 64), (128, 3, 8, 128, 64)]
-
-    for r in rows:
-        where = (r["kernel"], r["kwargs"], r["head_dims"], r["d_states"])
-        assert 1 <= r["regs"] <= 255 and r["dtype"] == "bf16" and r["blocks_per_sm"] >= 1, where
-        if r["kernel"] in ATTENTION or r["family"] == "yardstick-fa2":
-            assert r["smem"] > 0, where
-            # wgmma takes 64 rows per warpgroup: 32-row tiles use mma.sync (HMMA) instead.
-            tile_rows = _config(r)[0] if r["kernel"] in ATTENTION else r["kwargs"]["BLOCK_M"]
-            if tile_rows >= 64:
-                assert r["wgmma"] > 0 and r["hgmma"] > 0, where
-            else:
-                assert r["hmma"] > 0, where
-
-
-def test_budgets(report):
-    """Every kernel of the project (the FlashAttention yardstick is a reference, not held to
-    this): 0 spilled bytes and shared memory within 227 KiB; the forward at d=64, n=16
-    keeps two blocks per SM with at least one config the launcher may pick."""
-    rows = _project(report[0]["rows"])
-    over = [(r["kernel"], r["kwargs"], r["head_dims"], r["d_states"], r["spilled_bytes"], r["smem"]) for r in rows
-            if r["spilled_bytes"] != 0 or r["smem"] > SMEM_BUDGET]
-    assert not over, f"{len(over)} rows over budget (kernel, config, d, n, spilled bytes, smem): {over}"
-    fwd = [r for r in rows if r["kernel"] == "_sisa_fwd_kernel" and 64 in r["head_dims"] and 16 in r["d_states"]]
-    assert max(r["blocks_per_sm"] for r in fwd) >= 2
+def test_committed_tensor_core_paths():
+    """16-bit attention tiles of 64+ rows take wgmma on sm_90 (Hopper's tensor-core path); on
+    the mma.sync arches every attention row uses mma.sync."""
+    for (arch, dt), data in _committed().items():
+        for r in data["rows"]:
+            if r["error"] or r["kernel"] not in ("_sisa_fwd_kernel", "_sisa_bwd_dq_kernel", "_sisa_bwd_dkv_kernel"):
+                continue
+            rows = r["kwargs"].get("BLOCK_M", r["kwargs"].get("BLOCK_OUT"))
+            where = (arch, dt, r["kernel"], report.config_str(r))
+            if arch == "sm_90" and rows >= 64 and dt != "fp32":
+                assert r["wgmma"] > 0, where
+            elif arch in ("sm_80", "sm_86", "sm_89", "sm_120"):
+                assert r["mma_sync"] > 0 and r["wgmma"] == 0, where

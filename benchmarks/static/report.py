@@ -1,0 +1,160 @@
+"""Presenting a target's rows (text table, markdown, JSON) and the fingerprint that
+says whether committed results still describe the kernels.
+
+The fingerprint of an (arch, dtype) pair is a SHA-256 over every source file of
+``sisa_kernels`` except the per-family tables (the kernels, their launchers, the
+device query), the report's own planning code (shapes and launch stand-ins), and the
+tables that pair's launchers read (its family's, for its dtype class): when it differs
+from a committed file's, the file is stale. Editing another family's table leaves it
+current.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+FINGERPRINTED = ("sisa_kernels", "benchmarks/static/plan.py", "benchmarks/static/standin.py",
+                 "benchmarks/static/targets.py")
+TABLE_FILES = "sisa_kernels/configs/sm*.py"
+
+
+def fingerprint(arch: str, dtype: str, root: Path = ROOT) -> str:
+    """The fingerprint of the (arch, dtype) pair (see the module docstring)."""
+    import torch
+    from sisa_kernels import configs
+    from .targets import DTYPES, TARGETS
+    tables = set(root.glob(TABLE_FILES))
+    h = hashlib.sha256()
+    for entry in FINGERPRINTED:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            if f not in tables:
+                h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(repr(configs.table(TARGETS[arch].family, getattr(torch, DTYPES[dtype]))).encode())
+    return h.hexdigest()[:16]
+
+
+def config_str(row):
+    kw = row["kwargs"]
+    blocks = " ".join(f"{k[len('BLOCK_'):] or 'B'}{v}" for k, v in kw.items()
+                      if k.startswith("BLOCK") and not isinstance(v, bool))
+    warps = row.get("num_warps") or kw.get("num_warps", "?")
+    stages = row.get("num_stages") or kw.get("num_stages", "?")
+    return f"{blocks} w{warps} s{stages}".strip()
+
+
+def _dims_str(values, every):
+    if not values:
+        return "-"
+    if len(values) > 1 and sorted(values) == sorted(every):
+        return "*"
+    return ",".join(map(str, sorted(values)))
+
+
+COLUMNS = ["kernel", "config", "arch", "dtype", "d", "n", "regs", "spill B", "smem B", "blk/SM", "mma", "cp.async",
+           "TMA", "flags"]
+
+
+def table_cells(row, dims, states):
+    flags = ("*" if row["pick"] else "") + ("t" if row["tuned"] else "")
+    head = [row["kernel"], config_str(row), row["arch"], row["dtype"], _dims_str(row["head_dims"], dims),
+            _dims_str(row["d_states"], states)]
+    if row.get("error"):
+        return head + ["-"] * 7 + [f"{flags} ERROR"]
+    viol = ",".join(row["violations"])
+    mma = (f"wgmma {row['wgmma']}" if row["wgmma"] else f"tcgen05 {row['tcgen05']}" if row.get("tcgen05")
+           else f"mma.sync {row['mma_sync']}" if row["mma_sync"] else "-")
+    return head + [str(row["regs"]), str(row["spilled_bytes"]), str(row["smem"]),
+                   f"{row['blocks_per_sm']} ({row['limit']})", mma, f"{row['cp_async']}/{row['ldgsts']}",
+                   f"{row['tma']}/{row['utmaldg']}", (flags + (" " + viol if viol else "")).strip()]
+
+
+def text_table(rows, dims, states):
+    cells = [COLUMNS] + [table_cells(r, dims, states) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def legend(target):
+    return (
+        "d / n: head dim / d_state (`*`: the same compile for every value, `-`: not an input of the kernel). "
+        "config: block sizes (BLOCK_ prefix dropped), wN = num_warps, sN = num_stages. regs: per thread (ptxas). "
+        "spill B: spill stores + loads in bytes. smem B: shared memory per block. blk/SM: "
+        f"min({target.regs_per_sm} // (regs*32*warps), {target.smem_per_sm} // smem, "
+        f"{target.max_warps_per_sm} // warps, {target.max_blocks_per_sm}) and the limiting resource. "
+        "mma: tensor-core instructions in the PTX (wgmma.mma_async, tcgen05.mma or mma.sync); cp.async: "
+        "cp.async.{ca,cg}.shared in PTX / LDGSTS in SASS; TMA: cp.async.bulk.tensor in PTX / UTMALDG in SASS. "
+        "flags: `*` the launcher's default pick, `t` kept by its autotuner's pruner (SISA_AUTOTUNE=1); "
+        f"violations: spill (spilled bytes > 0), smem (> {target.smem_per_block} B, cannot launch), occupancy "
+        "(registers allow 1 block/SM where shared memory and warps allow >= 2).")
+
+
+def over_budget(rows):
+    """Rows of the project's kernels with a spill, smem or error violation (the
+    yardstick is a reference, not a budget; occupancy is reported, not a budget)."""
+    return [r for r in rows if set(r["violations"]) - {"occupancy"} and r["family"] != "yardstick-fa2"]
+
+
+def violation_line(r, dims, states):
+    where = (f"{r['kernel']} {config_str(r)} {r['dtype']} d={_dims_str(r['head_dims'], dims)} "
+             f"n={_dims_str(r['d_states'], states)}")
+    if r.get("error"):
+        return f"{where}: {r['error']}"
+    return (f"{where}: {','.join(r['violations'])} (regs {r['regs']}, spilled {r['spilled_bytes']} B, "
+            f"smem {r['smem']} B, {r['blocks_per_sm']} blk/SM by {r['limit']})")
+
+
+def markdown(rows, meta, target, dims, states):
+    m = meta
+    out = [f"# Static report: {target.arch} ({target.gpu}), {m['dtype']}", "",
+           f"`{m['command']}`: {m['date']}, Triton {m['triton']}, {m['ptxas']}, target {m['target']}, limits: "
+           f"{target.max_regs_per_thread} registers per thread, {target.smem_per_block} B shared memory per block; "
+           f"shapes b={m['shape']['batch']} t={m['shape']['seqlen']} h={m['shape']['heads']} "
+           f"hk={m['shape']['kv_heads']}, {m['compiles']} compiles in {m['elapsed_s']:.0f} s on {m['jobs']} "
+           f"processes; kernel fingerprint {m['fingerprint']}.", "", legend(target), "",
+           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in table_cells(r, dims, states)) + " |" for r in rows]
+    out += ["", "## Over budget (project kernels: spills, shared memory, errors)", ""]
+    bad = over_budget(rows)
+    out += [f"- {violation_line(r, dims, states)}" for r in bad] or ["None."]
+    return "\n".join(out) + "\n"
+
+
+def write(out_dir: Path, stem: str, meta: dict, rows: list, target, dims, states) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text('{"meta": ' + json.dumps(meta, default=str) + ',\n "rows": [\n'    # one row per line
+                   + ",\n".join(json.dumps(r, default=str) for r in rows) + "\n]}\n")
+    (out_dir / f"{stem}.md").write_text(markdown(rows, meta, target, dims, states))
+    tmp.replace(path)                       # the JSON last: a file present is a finished report
+    return path
+
+
+def summary(results: Path, pairs) -> str:
+    """A markdown table, one line per (arch, dtype) of ``pairs``: whether a report is
+    committed and current, its compiles, the project rows over budget, the largest
+    spill and shared memory against the target's limit."""
+    from .targets import TARGETS
+    out = ["| arch | dtype | report | compiles | rows over budget | most spilled B | most smem B (limit) |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for arch, dt in pairs:
+        path = results / f"{TARGETS[arch].stem}_{dt}.json"
+        if not path.exists():
+            path = path.with_name(path.stem + "_quick.json")
+        if not path.exists():
+            out.append(f"| {arch} | {dt} | not yet compiled | - | - | - | - |")
+            continue
+        data = json.loads(path.read_text())
+        rows = [r for r in data["rows"] if r["family"] != "yardstick-fa2" and not r["error"]]
+        state = "current" if data["meta"].get("fingerprint") == fingerprint(arch, dt) else "stale"
+        state += ", --quick" if data["meta"].get("quick") else ""
+        out.append(f"| {arch} | {dt} | {state} | {data['meta']['compiles']} | {len(over_budget(data['rows']))} | "
+                   f"{max((r['spilled_bytes'] or 0 for r in rows), default=0)} | "
+                   f"{max((r['smem'] for r in rows), default=0)} ({TARGETS[arch].smem_per_block}) |")
+    return "\n".join(out)
