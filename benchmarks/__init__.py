@@ -21,7 +21,8 @@ timed. Layout, one concern per file:
   parameter-matched Transformer and the paper's form, alternating rounds after a
   float64 gate (``python -m benchmarks.model``); the README's table is generated
   from ``results/model_cpu/model.json``.
-- ``static.py``: the static sm_90 resource report of every kernel config (no GPU).
+- ``static/``: the static resource report of every kernel config, per target GPU
+  architecture and dtype, compiled without a GPU (``python -m benchmarks.static``).
 - ``gpu_check.sh``: the one prepared script for a lent GPU.
 - ``retrieval.py`` (command), ``retrieval_train.py``, ``retrieval_report.py``,
   ``retrieval_data.py``: SISA vs Transformer on multi-query associative recall.
