@@ -106,12 +106,15 @@ def _log_alpha_flags(log_alpha, g0=None, packed=False):
 
 
 def _lam_flags(lam, scale=None):
-    """lam > 0 and finite (NaN and inf fail); with the softmax scale (a float), also
-    lam / scale <= MAX_SCALAR."""
+    """lam > 0, finite (NaN and inf fail) and at most MAX_SCALAR; with the softmax scale
+    (a float), also lam / scale <= MAX_SCALAR."""
     if not lam.numel():
         return []
     flags = [((~(lam > 0) | torch.isinf(lam)).any(), lambda: (
-        f"lam must be positive and finite (one scale per head), got {lam.tolist()}"))]
+        f"lam must be positive and finite (one scale per head), got {lam.tolist()}")),
+             ((lam.to(torch.float64) > MAX_SCALAR).any(), lambda: (
+        f"lam must be at most {MAX_SCALAR:g} (it multiplies the SSM products in float32, whose largest "
+        f"value is 3.4e38), got {lam.tolist()}"))]
     if scale is not None:
         flags.append(((lam.to(torch.float64) / scale > MAX_SCALAR).any(), lambda: (
             f"lam / softmax_scale must be at most {MAX_SCALAR:g} (the SSM term's weight against the softmax "

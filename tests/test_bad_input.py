@@ -535,3 +535,16 @@ def test_meta_tensors_with_cu_seqlens():
             model = SISAModel(SISAConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=1, d_state=4, d_ff=16,
                                          use_ssm=use_ssm))
         assert model(torch.zeros(1, 5, dtype=torch.long, device="meta"), cu_seqlens=cu).shape == (1, 5, 11)
+
+
+def test_lam_past_the_scalar_limit_is_an_error_even_with_a_large_scale():
+    """lam = 1e38 with softmax_scale = 1e30 passes lam / scale <= 1e30, but lam times an
+    SSM product of ~3 overflows float32 (NaN out where float64 is finite): lam itself is
+    capped (found by the long hypothesis profile)."""
+    gen = torch.Generator().manual_seed(0)
+    x = [torch.randn(1, 3, 1, 4, generator=gen) for _ in range(3)] + \
+        [torch.randn(1, 3, 1, 2, generator=gen) * 3000, torch.randn(1, 3, 1, 2, generator=gen) * 1e-3,
+         -torch.rand(1, 3, 1, generator=gen), torch.zeros(1, 3, 1, 1)]
+    for backend in ("naive", "sdpa"):
+        with pytest.raises(ValueError, match="lam must be at most"):
+            sisa.sisa_attention(*x, torch.full((1,), 1e38), softmax_scale=1e30, backend=backend)
