@@ -109,9 +109,10 @@ def _empty(shape, like, slot):
 
 def _reusable(*tensors) -> bool:
     """Whether buffers built from ``tensors`` may be reused after the call: on the
-    CPU, eagerly, with no autograd graph that could save them."""
+    CPU, with no autograd graph that could save them (a compiled call never gets here:
+    sdpa_attention hands it to one opaque op, which runs this eagerly)."""
     recorded = torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
-    return tensors[0].device.type == "cpu" and not recorded and not torch.compiler.is_compiling()
+    return tensors[0].device.type == "cpu" and not recorded
 
 
 def fill_wide(out, parts, sums=None):
@@ -279,7 +280,7 @@ def sdpa_attention(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, fused_augm
     if fused_augment is None:
         fused_augment = fused_augment_available(q)
     fused_augment = fused_augment and phi is None and len(chunks) == 1 and off == 0
-    phasor = None if phi is None or torch.compiler.is_compiling() else unit_phasor(phi)
+    phasor = None if phi is None else unit_phasor(phi)
     width = d + n
     if q.is_cuda:
         width = -(-width // 8) * 8                                # flash wants a multiple of 8
