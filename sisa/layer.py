@@ -18,6 +18,38 @@ from .varlen import check_cu_seqlens, positions as packed_positions
 BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
 
 
+_QKV = ("W_Q", "W_K", "W_V")
+_SSM = ("W_C", "W_B", "alpha_proj", "theta_proj")
+FUSE_MIN_ROWS = 64      # fewer rows (decoding): the weights' copy would cost more than the matmul saves
+
+
+def _plain_linear(m) -> bool:
+    """A bare nn.Linear whose call is F.linear(x, weight, bias): no subclass or wrapper
+    (PEFT's LoRA layers, parametrizations), no hooks."""
+    return type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
+
+
+def fused_linear(x: torch.Tensor, linears) -> list:
+    """[m(x) for m in linears], the plain nn.Linear ones (``_plain_linear``) as one
+    F.linear over their concatenated weights and biases, split after (equal within
+    float rounding: the same dot products, blocked differently by the matmul);
+    the others module by module. x (..., d_in) -> [(..., d_out_i)], views for the
+    fused ones. Fewer than FUSE_MIN_ROWS rows (a decode step) runs module by module:
+    there one small product per module is cheaper than copying the weights."""
+    fuse = [i for i, m in enumerate(linears) if _plain_linear(m)]
+    if len(fuse) < 2 or x.numel() < FUSE_MIN_ROWS * x.shape[-1]:
+        return [m(x) for m in linears]
+    mods = [linears[i] for i in fuse]
+    if len({(m.weight.dtype, m.weight.device) for m in mods}) > 1:
+        return [m(x) for m in linears]
+    bias = None
+    if any(m.bias is not None for m in mods):
+        bias = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in mods])
+    y = F.linear(x, torch.cat([m.weight for m in mods]), bias)
+    out = dict(zip(fuse, y.split([m.out_features for m in mods], dim=-1)))
+    return [out[i] if i in out else m(x) for i, m in enumerate(linears)]
+
+
 def check_int(name: str, value, minimum: int) -> int:
     """``value`` as an int >= ``minimum`` (a bool is not an int); else a TypeError or
     ValueError naming ``name``."""
@@ -152,24 +184,42 @@ class SISAAttention(nn.Module):
         """Per-head SSM weight softplus(lambda_raw): (h,) float32 (float64 in a float64 model)."""
         return F.softplus(self.lambda_raw)
 
+    def projections(self, x, positions=None, qkv: bool = True, ssm: bool = True):
+        """x (b, t, d_model) -> (q, k, v, ssm_inputs): q, k, v as ``qkv`` gives them
+        (None when qkv is False) and the tuple ``ssm_inputs`` gives (None when ssm is
+        False or use_ssm is False).
+
+        The projections run as one matmul over their concatenated weights
+        (``fused_linear``), so the narrow SSM ones (widths h*n, h*n, h, h*n/2) do not
+        each pay a small product's low throughput; the parameters stay the separate
+        modules (names, shapes, checkpoints and LoRA targets unchanged), and a module
+        that is not a plain nn.Linear (a PEFT wrapper, a hook) runs on its own.
+        """
+        names = (_QKV if qkv else ()) + (_SSM if ssm and self.use_ssm else ())
+        out = dict(zip(names, fused_linear(x, [getattr(self, n) for n in names])))
+        q = k = v = ssm_out = None
+        if qkv:
+            d = self.head_dim
+            q, k, v = (rearrange(out[n], "b t (h d) -> b t h d", d=d) for n in _QKV)
+            q, k = rope(q, self.rope_base, positions), rope(k, self.rope_base, positions)
+        if ssm and self.use_ssm:
+            h = self.n_heads
+            C = rearrange(out["W_C"], "b t (h n) -> b t h n", h=h)
+            B = rearrange(out["W_B"], "b t (h n) -> b t h n", h=h)
+            log_alpha = -F.softplus(out["alpha_proj"].to(state_dtype(x.dtype)))
+            theta = rearrange(out["theta_proj"], "b t (h m) -> b t h m", h=h)
+            ssm_out = (C, B, log_alpha, theta)
+        return q, k, v, ssm_out
+
     def ssm_inputs(self, x):
         """The SSM branch: x (b, t, d_model) -> C, B (b, t, h, n), log_alpha (b, t, h)
         float32 (float64 for float64 x), theta (b, t, h, n/2)."""
-        h = self.n_heads
-        C = rearrange(self.W_C(x), "b t (h n) -> b t h n", h=h)
-        B = rearrange(self.W_B(x), "b t (h n) -> b t h n", h=h)
-        log_alpha = -F.softplus(self.alpha_proj(x).to(state_dtype(x.dtype)))
-        theta = rearrange(self.theta_proj(x), "b t (h m) -> b t h m", h=h)
-        return C, B, log_alpha, theta
+        return self.projections(x, qkv=False)[3]
 
     def qkv(self, x, positions=None):
         """Projections with RoPE on q and k: q (b, t, h, d), k and v (b, t, hk, d);
         positions (t,) or (b, t) defaults to 0..t-1."""
-        d = self.head_dim
-        q = rearrange(self.W_Q(x), "b t (h d) -> b t h d", d=d)
-        k = rearrange(self.W_K(x), "b t (h d) -> b t h d", d=d)
-        v = rearrange(self.W_V(x), "b t (h d) -> b t h d", d=d)
-        return rope(q, self.rope_base, positions), rope(k, self.rope_base, positions), v
+        return self.projections(x, positions, ssm=False)[:3]
 
     def forward(self, x, cache: LayerCache | None = None, cu_seqlens=None, cp_group=None, cp_layout="zigzag",
                 attention_mask=None, check_inputs: bool = True):
@@ -220,15 +270,14 @@ class SISAAttention(nn.Module):
         else:
             start = cache.length if cache is not None else 0
             pos = torch.arange(start, start + t, device=x.device)
-        q, k, v = self.qkv(x, pos)
+        q, k, v, ssm = self.projections(x, pos)
         if not self.use_ssm:
             o = self._forward_plain(q, k, v, cache, cu_seqlens)
         elif cache is None:
-            C, B, log_alpha, theta = self.ssm_inputs(x)
-            o = sisa_attention(q, k, v, C, B, log_alpha, theta, self.lam(), backend=self.backend,
+            o = sisa_attention(q, k, v, *ssm, self.lam(), backend=self.backend,
                                cu_seqlens=cu_seqlens, check_inputs=False)
         else:
-            o = self._forward_cached(x, q, k, v, cache)
+            o = self._forward_cached(q, k, v, ssm, cache)
         return self.W_O(rearrange(o, "b t h d -> b t (h d)"))
 
     def _forward_context_parallel(self, x, cu_seqlens, group, layout):
@@ -240,9 +289,9 @@ class SISAAttention(nn.Module):
         if cu_seqlens is not None:
             check_cu_seqlens(cu_seqlens, t, x.shape[0], device=x.device)
             pos = packed_positions(cu_seqlens, t)[pos]
-        q, k, v = self.qkv(x, pos)
+        q, k, v, ssm = self.projections(x, pos)
         if self.use_ssm:
-            C, B, log_alpha, theta = self.ssm_inputs(x)
+            C, B, log_alpha, theta = ssm
             lam = self.lam()
         else:
             b, tl, h = q.shape[:3]
@@ -266,8 +315,8 @@ class SISAAttention(nn.Module):
             raise TypeError(f"x has dtype {x.dtype} but the layer's weights are {w}; "
                             f"cast x (x.to({w})) or the layer (layer.to({x.dtype}))")
 
-    def _forward_cached(self, x, q, k, v, cache):
-        C, B, log_alpha, theta = self.ssm_inputs(x)
+    def _forward_cached(self, q, k, v, ssm, cache):
+        C, B, log_alpha, theta = ssm
         C_rot, B_rot, g, cache.state = ssm_importance_scan(C, B, log_alpha, theta, initial_state=cache.state,
                                                            check_inputs=False)
         prefill = cache.length == 0
@@ -315,8 +364,7 @@ class SISAAttention(nn.Module):
         before = (cache.real_lengths(b, x.device) if cache is not None
                   else torch.zeros(b, dtype=torch.long, device=x.device))
         pos = (before[:, None] + mask.long().cumsum(1) - 1).clamp(min=0)         # pads: any valid position
-        q, k, v = self.qkv(x, pos)
-        ssm = self.ssm_inputs(x) if self.use_ssm else None
+        q, k, v, ssm = self.projections(x, pos)
         prefill = cache is None or cache.length == 0
         if cache is not None:
             if self.use_ssm:
