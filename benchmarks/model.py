@@ -31,7 +31,7 @@ model.png to --out (default: benchmarks/results/scratch/model-<device>-<date>/ u
 current directory, as benchmarks.run).
 
 The small config (CPU default): the 50M preset's layer shape (d_model 512, 8 heads,
-d_state 16, d_ff 1939 for SISA and 2048 for the Transformer) with 4 layers and a
+d_state 16, d_ff 1936 for SISA (sisa.matched_d_ff) and 2048 for the Transformer) with 4 layers and a
 vocabulary of 8192 (--vocab): with the preset's 50277 the tied head would be ~60% of
 a 4-layer step's FLOPs and pull every ratio toward 1.
 """

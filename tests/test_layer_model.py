@@ -352,9 +352,12 @@ def test_model_forward_backward(use_ssm):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
-D_FF = {"50M": {16: 1939, 32: 1832, 64: 1619, 128: 1192},
-        "152M": {16: 2908, 32: 2748, 64: 2428, 128: 1788},
-        "369M": {32: 2512, 64: 2085, 128: 1232}}
+D_FF = {"50M": {16: 1936, 32: 1832, 64: 1616, 128: 1192},              # the paper's widths rounded down to 8
+        "152M": {16: 2904, 32: 2744, 64: 2424, 128: 1784},
+        "369M": {32: 2512, 64: 2080, 128: 1232}}
+PAPER_D_FF = {"50M": {16: 1939, 32: 1832, 64: 1619, 128: 1192},        # the paper's table (multiple_of=1)
+              "152M": {16: 2908, 32: 2748, 64: 2428, 128: 1788},
+              "369M": {32: 2512, 64: 2085, 128: 1232}}
 SHAPES = {"50M": (512, 8, 6, 2048), "152M": (768, 12, 12, 3072), "369M": (1024, 16, 24, 2944)}
 PAIRS = [(s, n) for s in D_FF for n in D_FF[s]]
 
@@ -367,6 +370,17 @@ def test_preset_d_ff_and_shapes(scale, n):
     assert cfg.d_model // cfg.n_heads == 64 and cfg.vocab_size == 50277 and cfg.use_ssm
     base = SISAConfig.preset(scale, d_state=n, use_ssm=False)
     assert base.d_ff == t_ff and not base.use_ssm
+    assert cfg.d_ff % 8 == 0 and cfg.d_ff <= PAPER_D_FF[scale][n] < cfg.d_ff + 8
+    assert sisa.matched_d_ff(dm, h, n, t_ff, multiple_of=1) == PAPER_D_FF[scale][n]
+
+
+def test_matched_d_ff_multiple_of():
+    assert sisa.matched_d_ff(512, 8, 16, 2048, multiple_of=64) == 1920
+    assert sisa.matched_d_ff(32, 4, 4, 22, multiple_of=8) == 7            # below the multiple: left as it is
+    assert sisa.matched_d_ff(32, 4, 4, 23, multiple_of=8) == 8
+    for bad, err in ((0, ValueError), (8.0, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="multiple_of"):
+            sisa.matched_d_ff(512, 8, 16, 2048, multiple_of=bad)
 
 
 def param_count(vocab, dm, h, layers, d_ff, n, use_ssm):
