@@ -20,7 +20,12 @@ BACKEND_NAMES = ("auto", "naive", "sdpa", "triton")
 
 _QKV = ("W_Q", "W_K", "W_V")
 _SSM = ("W_C", "W_B", "alpha_proj", "theta_proj")
-FUSE_MIN_ROWS = 64      # fewer rows (decoding): the weights' copy would cost more than the matmul saves
+# device type -> the fewest rows (b * t) that fuse; a device not listed never fuses. On a
+# CPU (one thread, d_model 512, 128-2048 rows) the separate products measured as fast
+# or faster than one fused product plus the weights' copy, so it is not listed; on CUDA
+# one launch replaces seven (not measured here: no GPU), below 64 rows (decoding) the
+# copy would outweigh it.
+FUSE_MIN_ROWS = {"cuda": 64}
 
 
 def _plain_linear(m) -> bool:
@@ -34,10 +39,10 @@ def fused_linear(x: torch.Tensor, linears) -> list:
     F.linear over their concatenated weights and biases, split after (equal within
     float rounding: the same dot products, blocked differently by the matmul);
     the others module by module. x (..., d_in) -> [(..., d_out_i)], views for the
-    fused ones. Fewer than FUSE_MIN_ROWS rows (a decode step) runs module by module:
-    there one small product per module is cheaper than copying the weights."""
+    fused ones. Only on the devices in FUSE_MIN_ROWS, with at least that many rows."""
     fuse = [i for i, m in enumerate(linears) if _plain_linear(m)]
-    if len(fuse) < 2 or x.numel() < FUSE_MIN_ROWS * x.shape[-1]:
+    min_rows = FUSE_MIN_ROWS.get(x.device.type)
+    if len(fuse) < 2 or min_rows is None or x.numel() < min_rows * x.shape[-1]:
         return [m(x) for m in linears]
     mods = [linears[i] for i in fuse]
     if len({(m.weight.dtype, m.weight.device) for m in mods}) > 1:
@@ -189,11 +194,10 @@ class SISAAttention(nn.Module):
         (None when qkv is False) and the tuple ``ssm_inputs`` gives (None when ssm is
         False or use_ssm is False).
 
-        The projections run as one matmul over their concatenated weights
-        (``fused_linear``), so the narrow SSM ones (widths h*n, h*n, h, h*n/2) do not
-        each pay a small product's low throughput; the parameters stay the separate
-        modules (names, shapes, checkpoints and LoRA targets unchanged), and a module
-        that is not a plain nn.Linear (a PEFT wrapper, a hook) runs on its own.
+        On CUDA the projections run as one matmul over their concatenated weights
+        (``fused_linear``: one launch, not seven narrow ones); the parameters stay the
+        separate modules (names, shapes, checkpoints and LoRA targets unchanged), and a
+        module that is not a plain nn.Linear (a PEFT wrapper, a hook) runs on its own.
         """
         names = (_QKV if qkv else ()) + (_SSM if ssm and self.use_ssm else ())
         out = dict(zip(names, fused_linear(x, [getattr(self, n) for n in names])))

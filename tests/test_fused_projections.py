@@ -1,6 +1,7 @@
 """The layer's fused projections (sisa.layer.fused_linear): one matmul over W_Q, W_K, W_V,
 W_C, W_B, alpha_proj, theta_proj equals the modules called one by one (outputs and
-gradients), and a projection PEFT or a hook replaced still runs as itself."""
+gradients), and a projection PEFT or a hook replaced still runs as itself. Fusion runs
+by default on CUDA only (sisa.layer.FUSE_MIN_ROWS); the tests switch it on for the CPU."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,7 @@ from torch.overrides import TorchFunctionMode
 import sisa
 import sisa.layer
 
-ROWS = 2 * 48            # >= sisa.layer.FUSE_MIN_ROWS: the fused path
+ROWS = 2 * 48
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
 
 
@@ -37,7 +38,7 @@ def layer(use_ssm, n_kv_heads, dtype, seed=0):
 
 def run(m, x, fused, monkeypatch):
     """(output, x.grad, {name: grad}, F.linear calls) of one forward and backward."""
-    monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", 1 if fused else 10 ** 9)
+    monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", {x.device.type: 1} if fused else {})
     m.zero_grad(set_to_none=True)
     x = x.detach().requires_grad_()
     with CountLinear() as count:
@@ -65,7 +66,7 @@ def test_fused_equals_unfused(dtype, use_ssm, n_kv_heads, monkeypatch):
 def test_projections_match_explicit_products(monkeypatch):
     """float64: the fused split gives each projection's own product (and the methods
     callers use, qkv and ssm_inputs, agree with projections)."""
-    monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", 1)
+    monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", {"cpu": 1})
     m = layer(True, 2, torch.float64)
     x = torch.randn(3, 40, 64, dtype=torch.float64)
     q, k, v, (C, B, log_alpha, theta) = m.projections(x)
@@ -84,7 +85,7 @@ def test_projections_match_explicit_products(monkeypatch):
 def test_hooked_projection_runs_as_itself(monkeypatch):
     """A module with a forward hook is called (not bypassed by the fused matmul); the
     others still fuse."""
-    monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", 1)
+    monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", {"cpu": 1})
     m = layer(True, None, torch.float32)
     x = torch.randn(1, 80, 64)
     ref = m(x)
@@ -101,7 +102,7 @@ def test_peft_wrapped_projections(monkeypatch):
     (the adapters change the output and get gradients), the rest fuse, and the result
     equals the merged model's, fused or not."""
     peft = pytest.importorskip("peft", reason="the PEFT test needs peft: pip install peft")
-    monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", 1)
+    monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", {"cpu": 1})
     base = layer(True, 2, torch.float32)
     x = torch.randn(2, 48, 64)
     before = base(x).detach()
@@ -119,6 +120,6 @@ def test_peft_wrapped_projections(monkeypatch):
     assert sisa.layer._plain_linear(merged.W_B)
     with torch.no_grad():
         torch.testing.assert_close(merged(x), y.detach(), rtol=1e-5, atol=1e-6)
-        monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", 10 ** 9)
+        monkeypatch.setattr(sisa.layer, "FUSE_MIN_ROWS", {})
         torch.testing.assert_close(merged(x), y.detach(), rtol=1e-5, atol=1e-6)
     assert count.calls > 2                          # PEFT's layers call their base and adapters themselves
