@@ -65,7 +65,8 @@ class RunConfig:
 def model_configs(run: RunConfig, vocab_size: int) -> dict[str, "sisa.SISAConfig"]:
     base = dict(vocab_size=vocab_size, d_model=run.d_model, n_heads=run.n_heads,
                 n_layers=run.n_layers, d_state=run.d_state, backend=run.backend)
-    sisa_ff = sisa.matched_d_ff(run.d_model, run.n_heads, run.d_state, run.d_ff)
+    # multiple_of=1: the paper's exact width (at d_model 32-64 rounding to 8 would cost > 1% of the parameters)
+    sisa_ff = sisa.matched_d_ff(run.d_model, run.n_heads, run.d_state, run.d_ff, multiple_of=1)
     return {"sisa": sisa.SISAConfig(**base, d_ff=sisa_ff, use_ssm=True),
             "transformer": sisa.SISAConfig(**base, d_ff=run.d_ff, use_ssm=False)}
 
