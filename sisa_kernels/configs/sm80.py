@@ -6,7 +6,7 @@ forward 64x64 at d=128 and at d=64, n=128; the 64-row backward tiles at d=64, n>
 d=128, n=64), each class ending in a small tile; ``python -m benchmarks.static --arch
 sm_80`` measures them. Float32 inputs: ``tf32x3.py``.
 """
-from .tf32x3 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
 
 ATTENTION = {
     ("fwd", 64, 16): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],

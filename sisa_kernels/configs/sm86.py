@@ -7,7 +7,7 @@ at d=256 need 112-192 KiB); ``python -m benchmarks.static --arch sm_86,sm_89`` m
 them. Float32 inputs: ``tf32x3.py``.
 """
 from . import sm80
-from .tf32x3 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
 
 # sm_80's entries without those above 99 KiB (their shared memory on sm_90); the sm_86
 # report dropped from both: dq 64x32 at d=128 (8-16 B spilled), dk/dv 64x16 8 warps at
