@@ -4,7 +4,7 @@ Entries as in ``sm90.py``. 16-bit: sm_90's measured entries that fit 163 KiB, mi
 defaults that spill on mma.sync (dk/dv 64x32 at d=128, n=16 spills 17 KB on sm_80;
 forward 64x64 at d=128 and at d=64, n=128; the 64-row backward tiles at d=64, n>=64 and
 d=128, n=64), each class ending in a small tile; ``python -m benchmarks.static --arch
-sm_80`` measures them. Float32 inputs: ``tf32x3.py``.
+sm_80`` measures them. Float32 inputs: ``fp32.py``.
 """
 from .fp32 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
 

@@ -4,7 +4,7 @@ block, mma.sync) tile tables.
 Entries as in ``sm90.py``. 16-bit: the sm80 family's (sm_90's measured entries minus the
 defaults that spill on mma.sync), without those above 99 KiB (the forward's 64x64 tiles
 at d=256 need 112-192 KiB); ``python -m benchmarks.static --arch sm_86,sm_89`` measures
-them. Float32 inputs: ``tf32x3.py``.
+them. Float32 inputs: ``fp32.py``.
 """
 from . import sm80
 from .fp32 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
