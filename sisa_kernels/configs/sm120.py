@@ -1,12 +1,14 @@
 """sm120 (RTX 50xx, RTX PRO 6000: 99 KiB shared memory per block, mma.sync) tile
 tables: the sm86 family's (the same limit, the same mma.sync path) without the entries
-that spill for sm_120 (``python -m benchmarks.static --arch sm_120``, bf16): the forward's
-64x64 tiles at d=64 (84-204 B) and 64x32, 4 warps at d=96 (16-64 B); dq 64-row tiles
-with 4 warps at d=64, n=128 and d=96/128, n=64 (16-436 B), 128x32 at d=64, n=64
-(148 B) and 64x32, 8 warps at d=64, n=128 (32 B); dk/dv at d=128, n=16, where
-every tile tried with 4 or 8 warps spills (56-2,568 B: 16x16 to 64x32, 1-3 stages), so
-32x16 with 2 warps (255 registers, none spilled) is the only entry; the scan backward's 256-element tiles at n=16 (16 B). Entries as in
-``sm90.py``; float32 inputs: ``fp32.py``.
+that spill for sm_120 (``python -m benchmarks.static --arch sm_120``, bf16):
+- forward: 64x64 tiles at d=64 (84-204 B), 64x32 with 4 warps at d=96 (16-64 B);
+- dq: 64-row tiles with 4 warps at d=64, n=128 and d=96/128, n=64 (16-436 B), 128x32
+  at d=64, n=64 (148 B), 64x32 with 8 warps at d=64, n=128 (32 B);
+- dk/dv at d=128, n=16: every tile tried with 4 or 8 warps spills (56-2,568 B; 16x16
+  to 64x32, 1-3 stages), so 32x16 with 2 warps (255 registers, none spilled) is the
+  only entry;
+- the scan backward's 256-element tiles at n=16 (16 B).
+Entries as in ``sm90.py``; float32 inputs: ``fp32.py``.
 """
 from .sm86 import ATTENTION as _SM86, ATTENTION_FP32, OTHERS as _SM86_OTHERS, OTHERS_FP32  # noqa: F401
 
