@@ -24,7 +24,8 @@ g (b, t, h) float64 (float32 works, with the precision it has); lam (h,) float32
 the log-sum-exp lse (b, h, t) float32 (natural log) for the backward.
 Head dims and d_state are padded to powers of two (>= 16) with masked loads.
 16-bit inputs use 16-bit tensor-core products with float32 accumulation; float32
-inputs use three-pass TF32 ("tf32x3", about float32 accuracy) on a GPU.
+inputs use exact float32 products (IEEE FMA, no tensor cores: three-pass TF32 spilled in
+every tile, see ``configs/fp32.py``).
 Under TRITON_INTERPRET=1 bf16 operands are upcast before tl.dot (the interpreter
 multiplies raw bf16 bit patterns) and fixed square blocks are used; on a GPU the
 tile config comes from ``sisa_kernels.configs`` (a fixed table; tuning is opt-in).
@@ -56,9 +57,8 @@ def upcast_dot(*dtypes: torch.dtype) -> bool:
     return interpreting() and torch.bfloat16 in dtypes
 
 
-# float32 operands: three-pass TF32 on a GPU (tensor cores, ~float32 accuracy);
-# exact float32 products in the interpreter.
-F32_DOT = tl.constexpr("ieee" if interpreting() else "tf32x3")
+# float32 operands: exact float32 products on a GPU and in the interpreter alike.
+F32_DOT = tl.constexpr("ieee")
 
 
 @triton.jit

@@ -184,14 +184,16 @@ def test_no_compile_worker_outlives_the_report(how, tmp_path):
 
 def test_committed_tensor_core_paths():
     """16-bit attention tiles of 64+ rows take wgmma on sm_90 (Hopper's tensor-core path); on
-    the mma.sync arches every attention row uses mma.sync."""
+    the mma.sync arches every 16-bit attention row uses mma.sync; float32 rows use none."""
     for (arch, dt), data in _committed().items():
         for r in data["rows"]:
             if r["error"] or r["kernel"] not in ("_sisa_fwd_kernel", "_sisa_bwd_dq_kernel", "_sisa_bwd_dkv_kernel"):
                 continue
             rows = r["kwargs"].get("BLOCK_M", r["kwargs"].get("BLOCK_OUT"))
             where = (arch, dt, r["kernel"], report.config_str(r))
-            if arch == "sm_90" and rows >= 64 and dt != "fp32":
+            if dt == "fp32":           # exact IEEE products: FMA, no tensor-core instruction
+                assert r["wgmma"] == 0 and r["mma_sync"] == 0, where
+            elif arch == "sm_90" and rows >= 64:
                 assert r["wgmma"] > 0, where
             elif arch in ("sm_80", "sm_86", "sm_89", "sm_120"):
                 assert r["mma_sync"] > 0 and r["wgmma"] == 0, where

@@ -2,11 +2,11 @@
 says whether committed results still describe the kernels.
 
 The fingerprint of an (arch, dtype) pair is a SHA-256 over every source file of
-``sisa_kernels`` except the per-family tables (the kernels, their launchers, the
-device query), the report's own planning code (shapes and launch stand-ins), and the
-tables that pair's launchers read (its family's, for its dtype class): when it differs
-from a committed file's, the file is stale. Editing another family's table leaves it
-current.
+``sisa_kernels`` but the table files (the kernels, their launchers, the device query),
+over the report's own planning code (shapes and launch stand-ins), and over the entries
+of the tables that pair's launchers read (its family's, for its dtype class): when it
+differs from a committed file's, the file is stale. A table file's prose, or another
+family's entries, can change and leave it current.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 FINGERPRINTED = ("sisa_kernels", "benchmarks/static/plan.py", "benchmarks/static/standin.py",
                  "benchmarks/static/targets.py")
-TABLE_FILES = "sisa_kernels/configs/sm*.py"
+TABLE_FILES = ("sisa_kernels/configs/sm*.py", "sisa_kernels/configs/fp32.py")
 
 
 def fingerprint(arch: str, dtype: str, root: Path = ROOT) -> str:
@@ -25,7 +25,7 @@ def fingerprint(arch: str, dtype: str, root: Path = ROOT) -> str:
     import torch
     from sisa_kernels import configs
     from .targets import DTYPES, TARGETS
-    tables = set(root.glob(TABLE_FILES))
+    tables = {f for pattern in TABLE_FILES for f in root.glob(pattern)}
     h = hashlib.sha256()
     for entry in FINGERPRINTED:
         path = root / entry

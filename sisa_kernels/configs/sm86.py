@@ -1,21 +1,42 @@
 """sm86 (sm_86 and sm_89: RTX 30xx / 40xx, A6000, L4, L40S: 99 KiB shared memory per
 block, mma.sync) tile tables.
 
-Entries as in ``sm90.py``. 16-bit: the sm80 family's (sm_90's measured entries minus the
-defaults that spill on mma.sync), without those above 99 KiB (the forward's 64x64 tiles
-at d=256 need 112-192 KiB); ``python -m benchmarks.static --arch sm_86,sm_89`` measures
-them. Float32 inputs: ``tf32x3.py``.
+Entries as in ``sm90.py``. 16-bit: started from sm_90's measured entries without those
+above 99 KiB (the forward's 64x64 tiles at d=256 need 112-192 KiB) and without those the
+sm_86 report found spilling: dq 64x32 at d=128 (8-16 B), dk/dv 64x16 with 8 warps at
+d=128, n=16 (1,036 B) and 128x32 at d=64, n=64 (64 B); then the full sm_86 and sm_89
+reports' (16-96 B): dq 64x16 and 32x16 with 4 warps at d=64, n=128 and d=96, n=16/64
+(8 warps instead), and the scans' 256-element tiles (128 instead). Written out in full, so editing
+another family's table leaves this one's reports current; ``python -m benchmarks.static
+--arch sm_86,sm_89`` measures them. Float32 inputs: ``fp32.py``.
 """
-from . import sm80
-from .tf32x3 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
 
-# sm_80's entries without those above 99 KiB (their shared memory on sm_90); the sm_86
-# report dropped from both: dq 64x32 at d=128 (8-16 B spilled), dk/dv 64x16 8 warps at
-# d=128, n=16 (1,036 B) and 128x32 at d=64, n=64 (64 B).
-ATTENTION = {**sm80.ATTENTION,
-             ("fwd", 128, 16): [(64, 32, 4, 2), (32, 16, 4, 2)],
-             ("fwd", 128, 128): [(64, 32, 4, 2), (32, 16, 4, 2)],
-             ("dq", 128, 64): [(64, 16, 4, 2), (32, 16, 4, 2)],
-             ("fwd", 256, 128): [(32, 16, 4, 2), (16, 16, 4, 2)]}
+ATTENTION = {
+    ("fwd", 64, 16): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
+    ("fwd", 64, 64): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
+    ("fwd", 64, 128): [(64, 32, 4, 2), (32, 16, 4, 2)],
+    ("fwd", 128, 16): [(64, 32, 4, 2), (32, 16, 4, 2)],
+    ("fwd", 128, 64): [(64, 32, 4, 2), (32, 16, 4, 2)],
+    ("fwd", 128, 128): [(64, 32, 4, 2), (32, 16, 4, 2)],
+    ("dq", 64, 16): [(64, 32, 4, 2), (64, 16, 8, 2), (64, 16, 4, 2)],
+    ("dq", 64, 64): [(64, 16, 4, 2), (128, 32, 8, 2), (32, 16, 4, 2)],
+    ("dq", 64, 128): [(64, 16, 8, 2), (64, 32, 8, 2)],
+    ("dq", 128, 16): [(64, 16, 8, 2), (32, 16, 8, 2), (16, 16, 4, 2)],
+    ("dq", 128, 64): [(64, 16, 8, 2), (32, 16, 4, 2)],
+    ("dq", 128, 128): [(64, 16, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2)],
+    ("dkv", 64, 16): [(64, 32, 4, 2), (64, 16, 4, 2), (128, 32, 8, 2)],
+    ("dkv", 64, 64): [(64, 16, 4, 2), (32, 16, 4, 2)],
+    ("dkv", 64, 128): [(64, 32, 8, 2), (64, 16, 8, 2), (32, 16, 4, 2)],
+    ("dkv", 128, 16): [(32, 16, 4, 2)],
+    ("dkv", 128, 64): [(32, 16, 4, 2)],
+    ("dkv", 128, 128): [(32, 16, 4, 2)],
+    ("fwd", 256, 64): [(64, 16, 8, 2), (16, 16, 4, 2)],
+    ("fwd", 256, 128): [(32, 16, 4, 2), (16, 16, 4, 2)],
+    ("dq", 256, 64): [(16, 16, 4, 2)],
+    ("dq", 256, 128): [(16, 16, 4, 2)],
+    ("dkv", 256, 64): [(16, 16, 4, 2)],
+    ("dkv", 256, 128): [(16, 16, 4, 2)],
+}
 
-OTHERS = sm80.OTHERS
+OTHERS = {"delta": [64, 32], "decode": [(32, 12288, 4, 2)], "scan": [512, 128], "augment": [(16, 16)]}

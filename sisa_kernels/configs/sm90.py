@@ -13,7 +13,7 @@ the deeper pipeline. OTHERS / OTHERS_FP32: the other kernels' entries, best firs
 Every entry compiles for its arch with 0 spilled bytes and shared memory within the
 limit (``python -m benchmarks.static --arch sm_90``).
 """
-from .tf32x3 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
 
 ATTENTION = {
     ("fwd", 64, 16): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
