@@ -1,15 +1,17 @@
 """Presenting a target's rows (text table, markdown, JSON) and the fingerprint that
 says whether committed results still describe the kernels.
 
-The fingerprint of an (arch, dtype) pair is a SHA-256 over every source file of
-``sisa_kernels`` but the table files (the kernels, their launchers, the device query),
+The fingerprint of an (arch, dtype) pair is a SHA-256 over the code of every source file
+of ``sisa_kernels`` but the table files (the kernels, their launchers, the device query),
 over the report's own planning code (shapes and launch stand-ins), and over the entries
 of the tables that pair's launchers read (its family's, for its dtype class): when it
-differs from a committed file's, the file is stale. A table file's prose, or another
-family's entries, can change and leave it current.
+differs from a committed file's, the file is stale. The code is the syntax tree
+(``code_of``), so comments, docstrings, a table file's prose and another family's
+entries can change and leave a report current.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from pathlib import Path
@@ -18,6 +20,26 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 FINGERPRINTED = ("sisa_kernels", "benchmarks/static/plan.py", "benchmarks/static/standin.py",
                  "benchmarks/static/targets.py")
 TABLE_FILES = ("sisa_kernels/configs/sm*.py", "sisa_kernels/configs/fp32.py")
+
+
+def _is_docstring(node) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def _code(node) -> str:
+    if isinstance(node, list):
+        return "[" + ",".join(_code(x) for x in node if not _is_docstring(x)) + "]"
+    if not isinstance(node, ast.AST):
+        return repr(node)
+    fields = [(k, v) for k, v in ast.iter_fields(node) if v is not None and v != []]
+    return type(node).__name__ + "(" + ",".join(f"{k}={_code(v)}" for k, v in fields) + ")"
+
+
+def code_of(source: str) -> str:
+    """A module's code without its comments, docstrings or layout: its syntax tree written
+    out field by field (bare string statements, empty and None fields left out, so the
+    same code gives the same text on every Python the package supports)."""
+    return _code(ast.parse(source))
 
 
 def fingerprint(arch: str, dtype: str, root: Path = ROOT) -> str:
@@ -32,7 +54,7 @@ def fingerprint(arch: str, dtype: str, root: Path = ROOT) -> str:
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
         for f in files:
             if f not in tables:
-                h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+                h.update(str(f.relative_to(root)).encode() + b"\0" + code_of(f.read_text()).encode() + b"\0")
     h.update(repr(configs.table(TARGETS[arch].family, getattr(torch, DTYPES[dtype]))).encode())
     return h.hexdigest()[:16]
 
