@@ -75,6 +75,13 @@ def test_a_table_edit_stales_its_family_only(monkeypatch):
     assert report.fingerprint("sm_80", "bf16") == before["sm_80"] and report.fingerprint("sm_90", "fp32") == fp32
 
 
+def test_prose_edits_leave_the_fingerprint_and_code_edits_do_not():
+    src = 'def f(x):\n    """Shapes: x (b, t)."""\n    return x + 1  # one\n'
+    assert report.code_of(src) == report.code_of("def f(x):\n    # reflowed\n    return (x +\n            1)\n")
+    assert report.code_of(src) != report.code_of("def f(x):\n    return x + 2\n")
+    assert report.code_of(src) != report.code_of('def f(x):\n    return x + 1 if x else "one"\n')
+
+
 def test_each_target_names_its_family():
     from sisa_kernels.configs import device
     for t in TARGETS.values():

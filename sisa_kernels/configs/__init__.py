@@ -5,8 +5,8 @@ in ``configs/sm80.py`` ... ``sm120.py``, chosen from the device's capability and
 opt-in shared memory per block (``device.family_of``: read once per device, cached).
 Each table lists, per kernel and width class, the configs that compile for that
 family's arch with 0 spilled bytes and shared memory within its limit, best first,
-separately for 16-bit and float32 inputs (float32 products are three-pass TF32 and
-need about twice the registers and shared memory): ``python -m benchmarks.static``
+separately for 16-bit and float32 inputs (float32 products are exact IEEE FMA
+products, ``fp32.py``, whose tiles differ): ``python -m benchmarks.static``
 measures every entry without a GPU, per arch and dtype.
 
 Attention configs are (block rows, block cols, num_warps, num_stages): BLOCK_M x
@@ -51,7 +51,7 @@ def width_class(d_pad: int, n_pad: int) -> tuple[int, int]:
 
 
 def dtype_class(dtype: torch.dtype) -> str:
-    """"fp32" for float32 inputs (three-pass TF32 products), else "16bit"."""
+    """"fp32" for float32 inputs (exact IEEE products), else "16bit"."""
     return "fp32" if dtype == torch.float32 else "16bit"
 
 

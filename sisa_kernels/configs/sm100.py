@@ -1,10 +1,37 @@
 """sm100 (B200, GB200, B300: 227 KiB shared memory per block) tile tables: sm_90's
-attention entries; the backward's delta kernel (152 B at 64 rows) and the augment
-backward (24 B) spill there with sm_90's tiles, so they start smaller (augment:
-16-row tiles only).
-``python -m benchmarks.static --arch sm_100`` measures them. Float32: ``fp32.py``.
+attention entries as they were when measured for sm_100, written out in full (so a fix
+to sm_90's leaves this family's reports current); the backward's delta kernel (152 B at
+64 rows) and the augment backward (24 B) spill there with sm_90's tiles, so they start
+smaller (augment: 16-row tiles only). ``python -m benchmarks.static --arch sm_100``
+measures them. Float32: ``fp32.py``.
 """
-from .sm90 import ATTENTION  # noqa: F401
 from .fp32 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
+
+ATTENTION = {
+    ("fwd", 64, 16): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
+    ("fwd", 64, 64): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
+    ("fwd", 64, 128): [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 3)],
+    ("fwd", 128, 16): [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 3)],
+    ("fwd", 128, 64): [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 3)],
+    ("fwd", 128, 128): [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2)],
+    ("dq", 64, 16): [(64, 32, 4, 2), (64, 16, 8, 2), (64, 16, 4, 2)],
+    ("dq", 64, 64): [(64, 32, 4, 2), (64, 16, 4, 2), (128, 32, 8, 2)],
+    ("dq", 64, 128): [(64, 16, 4, 2), (64, 32, 8, 2), (64, 16, 8, 2)],
+    ("dq", 128, 16): [(64, 32, 4, 2), (64, 16, 4, 2), (128, 32, 8, 2)],
+    ("dq", 128, 64): [(64, 16, 4, 2), (128, 32, 8, 2), (64, 32, 8, 2)],
+    ("dq", 128, 128): [(64, 16, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2)],
+    ("dkv", 64, 16): [(64, 32, 4, 2), (64, 16, 4, 2), (128, 32, 8, 2)],
+    ("dkv", 64, 64): [(64, 32, 4, 2), (64, 16, 4, 2), (128, 32, 8, 2)],
+    ("dkv", 64, 128): [(64, 16, 4, 2), (64, 32, 8, 2), (64, 16, 8, 2)],
+    ("dkv", 128, 16): [(64, 32, 8, 2), (64, 16, 8, 2)],
+    ("dkv", 128, 64): [(64, 16, 8, 2), (32, 16, 4, 2)],
+    ("dkv", 128, 128): [(32, 16, 4, 2)],
+    ("fwd", 256, 64): [(64, 64, 8, 2), (64, 16, 8, 2)],
+    ("fwd", 256, 128): [(64, 16, 8, 2), (32, 16, 4, 2)],
+    ("dq", 256, 64): [(16, 16, 4, 2)],
+    ("dq", 256, 128): [(16, 16, 4, 2)],
+    ("dkv", 256, 64): [(16, 16, 4, 2)],
+    ("dkv", 256, 128): [(16, 16, 4, 2)],
+}
 
 OTHERS = {"delta": [32, 16], "decode": [(32, 12288, 4, 2)], "scan": [1024, 512], "augment": [(16, 16)]}
