@@ -11,6 +11,7 @@ The compiles run in subprocesses without TRITON_INTERPRET (conftest sets it for 
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,20 +60,68 @@ def _env():
 
 
 def test_committed_reports_are_current():
-    stale = [f"{_stem(arch, dt)} (committed {data['meta'].get('fingerprint')}, now {report.fingerprint(arch, dt)})"
-             for (arch, dt), data in _committed().items()
-             if data["meta"].get("fingerprint") != report.fingerprint(arch, dt)]
+    stale = [f"{_stem(arch, dt)} ({', '.join(report.stale_families(data['meta'], arch, dt))})"
+             for (arch, dt), data in _committed().items() if report.stale_families(data["meta"], arch, dt)]
     assert not stale, (f"static reports older than the kernels or tables: {stale}; rerun `nice python -m "
-                       "benchmarks.static --jobs 2` (it skips the current ones)")
+                       "benchmarks.static --jobs 2` (it recompiles the stale families only)")
 
 
 def test_a_table_edit_stales_its_family_only(monkeypatch):
     from sisa_kernels.configs import sm90
-    before = {arch: report.fingerprint(arch, "bf16") for arch in ("sm_90", "sm_80")}
-    fp32 = report.fingerprint("sm_90", "fp32")
+    before = {(arch, dt): report.fingerprints(arch, dt) for arch in ("sm_90", "sm_80") for dt in ("bf16", "fp32")}
     monkeypatch.setattr(sm90, "ATTENTION", {**sm90.ATTENTION, ("fwd", 64, 16): [(32, 16, 4, 2)]})
-    assert report.fingerprint("sm_90", "bf16") != before["sm_90"]
-    assert report.fingerprint("sm_80", "bf16") == before["sm_80"] and report.fingerprint("sm_90", "fp32") == fp32
+    for (arch, dt), fps in before.items():
+        changed = {f for f, fp in report.fingerprints(arch, dt).items() if fp != fps[f]}
+        assert changed == ({"attention-fwd"} if (arch, dt) == ("sm_90", "bf16") else set()), (arch, dt, changed)
+
+
+def test_a_kernel_edit_stales_the_families_built_on_it(tmp_path):
+    """An edit of scan.py stales the scan and the augment (which imports it), nothing else;
+    an edit of the configs package stales every kernel family."""
+    for part in ("sisa_kernels", "benchmarks/static"):
+        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    before = report.fingerprints("sm_80", "bf16", root=tmp_path)
+    assert before == report.fingerprints("sm_80", "bf16")
+    for edited, expect in (("sisa_kernels/scan.py", {"scan", "augment"}),
+                           ("sisa_kernels/configs/launch.py", set(report.FAMILY_SOURCES) - {"yardstick-fa2"})):
+        path = tmp_path / edited
+        path.write_text(path.read_text() + "\n_EDITED = 1\n")
+        after = report.fingerprints("sm_80", "bf16", root=tmp_path)
+        assert {f for f in after if after[f] != before[f]} == expect, edited
+        before = after
+
+
+TABLE_KINDS = r"""
+import json, torch
+from benchmarks.static.plan import FAMILIES, Shape, launches_of
+from benchmarks.static.targets import TARGETS
+from sisa_kernels import configs
+read, table = set(), configs.table
+class Recorded(dict):
+    def __getitem__(self, key):
+        read.add(key[0] if isinstance(key, tuple) else key)
+        return dict.__getitem__(self, key)
+configs.table = lambda family, dtype: tuple(Recorded(t) for t in table(family, dtype))
+out = {}
+for family in FAMILIES:
+    read.clear()
+    for mode in ("pick", "entries", "autotune"):
+        launches_of(family, 64, 16, Shape(), TARGETS["sm_80"], mode)
+    out[family] = sorted(read)
+print(json.dumps(out))
+"""
+
+
+def test_each_family_reads_only_the_table_kinds_its_fingerprint_covers():
+    pytest.importorskip("triton.backends.nvidia", reason="Triton built without the NVIDIA backend")
+    res = subprocess.run([sys.executable, "-c", TABLE_KINDS], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    read = json.loads(res.stdout.splitlines()[-1])
+    assert read.keys() == report.FAMILY_SOURCES.keys()
+    for family, kinds in read.items():
+        assert kinds and set(kinds) <= set(report.FAMILY_SOURCES[family][1]) or family == "yardstick-fa2", (
+            family, kinds)
 
 
 def test_prose_edits_leave_the_fingerprint_and_code_edits_do_not():
@@ -131,7 +180,7 @@ def test_a_sample_per_arch_recompiles_as_committed():
     sample, seen, versions = [], set(), {}
     for (arch, dt), data in sorted(_committed().items(), key=lambda kv: kv[0][1] != "bf16"):
         rows = [r for r in data["rows"] if r["kernel"] == "_sisa_fwd_kernel" and r["pick"] and not r["error"]]
-        if arch not in seen and rows and data["meta"]["fingerprint"] == report.fingerprint(arch, dt):
+        if arch not in seen and rows and "attention-fwd" not in report.stale_families(data["meta"], arch, dt):
             seen.add(arch)
             sample.append((arch, dt, min(rows, key=lambda r: (min(r["head_dims"]), min(r["d_states"])))))
             versions[arch] = data["meta"]["triton"]
@@ -145,6 +194,30 @@ def test_a_sample_per_arch_recompiles_as_committed():
         same_triton = versions[arch] == triton.__version__
         keys = ("regs", "spilled_bytes", "smem") if same_triton else ("spilled_bytes",)
         assert {k: new[k] for k in keys} == {k: old[k] for k in keys}, (arch, dt, old["kwargs"])
+
+
+def test_a_rerun_recompiles_only_the_stale_families(tmp_path):
+    """The second run of the same report keeps the rows of the current families (marked
+    here) and recompiles the one whose committed fingerprint no longer matches."""
+    pytest.importorskip("triton.backends.nvidia", reason="Triton built without the NVIDIA backend (no ptxas)")
+    cmd = [sys.executable, "-m", "benchmarks.static", "--arch", "sm_90", "--dtypes", "bf16", "--families",
+           "scan,augment", "--dims", "64", "--states", "16", "--jobs", "1", "--out", str(tmp_path)]
+    first = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-4000:]
+    path = tmp_path / "sm90_bf16_custom.json"
+    data = json.loads(path.read_text())
+    assert {r["family"] for r in data["rows"]} == {"scan", "augment"}
+    data["meta"]["fingerprints"]["scan"] = "0" * 16
+    for r in data["rows"]:
+        r["marker"] = True
+    path.write_text(json.dumps(data))
+    again = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "recompiling the stale families scan," in again.stderr, again.stderr[-4000:]
+    rows = json.loads(path.read_text())["rows"]
+    assert {r["family"] for r in rows if r.get("marker")} == {"augment"}
+    assert sorted(r["kernel"] for r in rows) == sorted(r["kernel"] for r in data["rows"])
+    third = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert "is current; skipped" in third.stderr, third.stderr[-4000:]
 
 
 def _survivors(tag):

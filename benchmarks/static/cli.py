@@ -87,14 +87,28 @@ def stem_of(arch, dt, args):
             + ("_device" if args.device else ""))
 
 
-def _current(path: Path, fp: str, args) -> bool:
-    """Whether ``path`` holds a finished report of this plan with fingerprint ``fp``."""
+def _earlier(path: Path, args):
+    """The report in ``path`` if it is one of this plan (same head dims, d_states,
+    families, shapes, Triton and ptxas) whose rows a run may keep, else None."""
     try:
-        meta = json.loads(path.read_text())["meta"]
+        data = json.loads(path.read_text())
+        meta = data["meta"]
     except (OSError, ValueError, KeyError):
-        return False
-    return (meta.get("fingerprint") == fp and meta.get("head_dims") == list(args.dims)
-            and meta.get("d_states") == list(args.states) and meta.get("families") == args.families)
+        return None
+    same = (meta.get("head_dims") == list(args.dims) and meta.get("d_states") == list(args.states)
+            and meta.get("families") == args.families and meta.get("shape") == _shape_meta(args)
+            and meta.get("triton") == triton.__version__ and meta.get("ptxas") == _ptxas(TARGETS[meta["arch"]])
+            and "fingerprints" in meta)
+    return data if same else None
+
+
+def _shape_meta(args):
+    return dict(batch=1, seqlen=args.seqlen, heads=args.heads, kv_heads=args.kv_heads or args.heads)
+
+
+def _ptxas(target):
+    from triton.backends.nvidia.compiler import get_ptxas_version
+    return get_ptxas_version(target.capability).strip().splitlines()[-1]
 
 
 def _sort_key(row):
@@ -146,18 +160,24 @@ def main(argv=None):
         return 2
     arches = (_device_arch(),) if args.device else args.arch
     sh = Shape(seqlen=args.seqlen, heads=args.heads, kv_heads=args.kv_heads or args.heads)
-    families = set(args.families.split(",")) if args.families else None
-    pairs, tasks, fps = [], {}, {}
+    families = args.families.split(",") if args.families else None
+    pairs, tasks, fps, kept = [], {}, {}, {}
     for arch in arches:
         for dt in args.dtypes:
             stem = stem_of(arch, dt, args)
-            fp = fps[stem] = report.fingerprint(arch, dt)
-            if not args.force and not args.device and _current(args.out / f"{stem}.json", fp, args):
-                print(f"benchmarks.static: {stem} is current (fingerprint {fp}); skipped", file=sys.stderr)
+            fps[stem] = report.fingerprints(arch, dt, families)
+            earlier = None if args.force or args.device else _earlier(args.out / f"{stem}.json", args)
+            redo = [f for f, fp in fps[stem].items() if earlier is None or earlier["meta"]["fingerprints"].get(f) != fp]
+            if not redo:
+                print(f"benchmarks.static: {stem} is current; skipped", file=sys.stderr)
                 continue
+            kept[stem] = ([r for r in earlier["rows"] if r["family"] not in redo], earlier["meta"]) if earlier else ([], None)
+            if earlier:
+                print(f"benchmarks.static: {stem}: recompiling the stale families {','.join(redo)}, keeping the "
+                      "other rows", file=sys.stderr)
             pairs.append((arch, dt, stem))
             tasks[stem] = sorted(plan(args.dims, args.states, Shape(**{**asdict(sh), "dtype": DTYPES[dt]}),
-                                      TARGETS[arch], families), key=_cost, reverse=True)
+                                      TARGETS[arch], set(redo)), key=_cost, reverse=True)
     total = sum(len(t) for t in tasks.values())
     print(f"benchmarks.static: {total} compiles for {len(pairs)} (arch, dtype) pairs on {args.jobs} processes",
           file=sys.stderr, flush=True)
@@ -188,7 +208,7 @@ def main(argv=None):
                   f"d={r['head_dims'] or '-'} n={r['d_states'] or '-'}: {what}", file=sys.stderr, flush=True)
             if len(rows[stem]) == len(tasks[stem]):
                 arch, dt = next((a, d) for a, d, s in pairs if s == stem)
-                errors += _finish(args, arch, dt, stem, sorted(rows[stem], key=_sort_key), fps[stem],
+                errors += _finish(args, arch, dt, stem, rows[stem], kept[stem], fps[stem],
                                   time.perf_counter() - started[stem], argv)
     except (KeyboardInterrupt, _Terminated) as exc:
         print(f"benchmarks.static: interrupted ({exc or 'Ctrl-C'}); the finished pairs' files are written",
@@ -210,22 +230,25 @@ def main(argv=None):
     return 1 if errors else 0
 
 
-def _finish(args, arch, dt, stem, rows, fp, elapsed, argv):
-    """Print and write one pair's report; returns its number of failed compiles."""
-    from triton.backends.nvidia.compiler import get_ptxas_version
+def _finish(args, arch, dt, stem, new_rows, kept, fps, elapsed, argv):
+    """Print and write one pair's report (its new rows and those ``kept`` from the
+    earlier report, with that report's meta); returns its number of failed compiles."""
     from triton.backends.nvidia.compiler import sm_arch_from_capability
     target = TARGETS[arch]
     given = argv if argv is not None else sys.argv[1:]
-    meta = dict(fingerprint=fp, commit=_git_commit(), command=" ".join(["python -m benchmarks.static", *given]),
-                date=datetime.datetime.now().isoformat(timespec="seconds"), triton=triton.__version__,
-                torch=torch.__version__,
-                ptxas=get_ptxas_version(target.capability).strip().splitlines()[-1],
+    kept_rows, earlier = kept
+    commit, date = _git_commit(), datetime.datetime.now().isoformat(timespec="seconds")
+    compiled = {f: (earlier["compiled"][f] if earlier and any(r["family"] == f for r in kept_rows)
+                    else dict(commit=commit, date=date)) for f in fps}
+    rows = sorted(kept_rows + new_rows, key=_sort_key)
+    meta = dict(fingerprints=fps, compiled=compiled, commit=commit,
+                command=" ".join(["python -m benchmarks.static", *given]), date=date, triton=triton.__version__,
+                torch=torch.__version__, ptxas=_ptxas(target),
                 arch=arch, target=f"cuda {sm_arch_from_capability(target.capability)}, 32 threads/warp",
-                limits=asdict(target), dtype=dt, shape=dict(batch=1, seqlen=args.seqlen, heads=args.heads,
-                                                            kv_heads=args.kv_heads or args.heads),
+                limits=asdict(target), dtype=dt, shape=_shape_meta(args),
                 head_dims=list(args.dims), d_states=list(args.states), families=args.families,
                 quick=args.quick, jobs=args.jobs, cpu=platform.processor() or platform.machine(),
-                compiles=len(rows), elapsed_s=round(elapsed, 1))
+                compiles=len(rows), compiled_now=len(new_rows), elapsed_s=round(elapsed, 1))
     print(f"\n== {stem} ==\n" + report.text_table(rows, args.dims, args.states))
     bad = report.over_budget(rows)
     print(f"{len(rows)} compiles; {len(bad)} rows of the project's kernels over budget" + (":" if bad else "."))

@@ -1,13 +1,15 @@
-"""Presenting a target's rows (text table, markdown, JSON) and the fingerprint that
-says whether committed results still describe the kernels.
+"""Presenting a target's rows (text table, markdown, JSON) and the fingerprints that
+say whether committed results still describe the kernels.
 
-The fingerprint of an (arch, dtype) pair is a SHA-256 over the code of every source file
-of ``sisa_kernels`` but the table files (the kernels, their launchers, the device query),
-over the report's own planning code (shapes and launch stand-ins), and over the entries
-of the tables that pair's launchers read (its family's, for its dtype class): when it
-differs from a committed file's, the file is stale. The code is the syntax tree
-(``code_of``), so comments, docstrings, a table file's prose and another family's
-entries can change and leave a report current.
+Each kernel family of an (arch, dtype) pair has its own fingerprint: a SHA-256 over
+the code of the family's launcher module and every project file it imports, however
+deeply (``sources``: for the scan, scan.py, scan_ref.py, errors.py and the configs
+package), over the report's own planning code (shapes and launch stand-ins), and over
+the table entries that family's launchers read (``TABLE_KINDS``), in the pair's arch
+family and dtype class. A family whose fingerprint differs from the committed file's
+is stale, and a run recompiles only the stale families of a pair. The code is the
+syntax tree (``code_of``), so comments, docstrings, a table file's prose, another
+family's entries and another kernel's source can change and leave a report current.
 """
 from __future__ import annotations
 
@@ -17,9 +19,17 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-FINGERPRINTED = ("sisa_kernels", "benchmarks/static/plan.py", "benchmarks/static/standin.py",
-                 "benchmarks/static/targets.py")
+PLANNING = ("benchmarks/static/plan.py", "benchmarks/static/standin.py", "benchmarks/static/targets.py")
 TABLE_FILES = ("sisa_kernels/configs/sm*.py", "sisa_kernels/configs/fp32.py")
+# family -> (its launcher module, the table kinds its launchers read)
+FAMILY_SOURCES = {
+    "attention-fwd": ("sisa_kernels/attention.py", ("fwd",)),
+    "attention-bwd": ("sisa_kernels/attention_bwd.py", ("dq", "dkv", "delta")),
+    "scan": ("sisa_kernels/scan.py", ("scan",)),
+    "decode": ("sisa_kernels/decode.py", ("decode",)),
+    "augment": ("sisa_kernels/augment.py", ("augment",)),
+    "yardstick-fa2": ("benchmarks/static/yardstick.py", ()),
+}
 
 
 def _is_docstring(node) -> bool:
@@ -42,21 +52,66 @@ def code_of(source: str) -> str:
     return _code(ast.parse(source))
 
 
-def fingerprint(arch: str, dtype: str, root: Path = ROOT) -> str:
-    """The fingerprint of the (arch, dtype) pair (see the module docstring)."""
+def _imported(path: Path, root: Path) -> set[Path]:
+    """The files under ``root`` that ``path`` imports (relative or absolute imports,
+    anywhere in the file, with the ``__init__.py`` of every package on the way)."""
+    package = path.parent.relative_to(root).parts
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else ()
+            module = base + (tuple(node.module.split(".")) if node.module else ())
+            names = [module] + [module + (a.name,) for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [tuple(a.name.split(".")) for a in node.names]
+        else:
+            continue
+        for parts in names:
+            for i in range(1, len(parts) + 1):
+                for f in (root.joinpath(*parts[:i], "__init__.py"), root.joinpath(*parts[:i]).with_suffix(".py")):
+                    if f.is_file():
+                        found.add(f)
+    return found
+
+
+def sources(family: str, root: Path = ROOT) -> list[Path]:
+    """The project files ``family``'s kernels and launchers are made of: its launcher
+    module and everything it imports, transitively."""
+    seen, todo = set(), [root / FAMILY_SOURCES[family][0]]
+    while todo:
+        f = todo.pop()
+        if f not in seen:
+            seen.add(f)
+            todo += _imported(f, root) - seen
+    return sorted(seen)
+
+
+def fingerprint(arch: str, dtype: str, family: str, root: Path = ROOT) -> str:
+    """The fingerprint of ``family``'s rows in the (arch, dtype) pair (see the module docstring)."""
     import torch
     from sisa_kernels import configs
     from .targets import DTYPES, TARGETS
     tables = {f for pattern in TABLE_FILES for f in root.glob(pattern)}
     h = hashlib.sha256()
-    for entry in FINGERPRINTED:
-        path = root / entry
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for f in files:
-            if f not in tables:
-                h.update(str(f.relative_to(root)).encode() + b"\0" + code_of(f.read_text()).encode() + b"\0")
-    h.update(repr(configs.table(TARGETS[arch].family, getattr(torch, DTYPES[dtype]))).encode())
+    for f in sorted(set(sources(family, root)) - tables) + [root / p for p in PLANNING]:
+        h.update(str(f.relative_to(root)).encode() + b"\0" + code_of(f.read_text()).encode() + b"\0")
+    attention, others = configs.table(TARGETS[arch].family, getattr(torch, DTYPES[dtype]))
+    kinds = FAMILY_SOURCES[family][1]
+    h.update(repr(sorted((k, v) for k, v in attention.items() if k[0] in kinds)).encode())
+    h.update(repr(sorted((k, v) for k, v in others.items() if k in kinds)).encode())
     return h.hexdigest()[:16]
+
+
+def fingerprints(arch: str, dtype: str, families=None, root: Path = ROOT) -> dict:
+    """{family: fingerprint} of the pair, for ``families`` (default: every family)."""
+    return {f: fingerprint(arch, dtype, f, root) for f in (families or FAMILY_SOURCES)}
+
+
+def stale_families(meta: dict, arch: str, dtype: str) -> list[str]:
+    """The families of a report (its ``meta``) whose fingerprint is not the current one."""
+    committed = meta.get("fingerprints") or {}
+    now = fingerprints(arch, dtype, meta.get("families") and meta["families"].split(","))
+    return [f for f, fp in now.items() if committed.get(f) != fp]
 
 
 def config_str(row):
@@ -131,14 +186,22 @@ def violation_line(r, dims, states):
             f"smem {r['smem']} B, {r['blocks_per_sm']} blk/SM by {r['limit']})")
 
 
+def _fingerprint_text(meta):
+    compiled = meta.get("compiled", {})
+    return ", ".join(f"{f} {fp}" + (f" (rows from {compiled[f]['commit']}, {compiled[f]['date']})"
+                                    if f in compiled and compiled[f]["commit"] != meta["commit"] else "")
+                     for f, fp in meta["fingerprints"].items())
+
+
 def markdown(rows, meta, target, dims, states):
     m = meta
     out = [f"# Static report: {target.arch} ({target.gpu}), {m['dtype']}", "",
            f"`{m['command']}`: {m['date']}, Triton {m['triton']}, {m['ptxas']}, target {m['target']}, limits: "
            f"{target.max_regs_per_thread} registers per thread, {target.smem_per_block} B shared memory per block; "
            f"shapes b={m['shape']['batch']} t={m['shape']['seqlen']} h={m['shape']['heads']} "
-           f"hk={m['shape']['kv_heads']}, {m['compiles']} compiles in {m['elapsed_s']:.0f} s on {m['jobs']} "
-           f"processes; kernel fingerprint {m['fingerprint']}.", "", legend(target), "",
+           f"hk={m['shape']['kv_heads']}, {m['compiles']} compiles ({m.get('compiled_now', m['compiles'])} in this "
+           f"run, {m['elapsed_s']:.0f} s on {m['jobs']} processes); kernel fingerprints {_fingerprint_text(m)}.",
+           "", legend(target), "",
            "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(c.replace("|", "/") for c in table_cells(r, dims, states)) + " |" for r in rows]
     out += ["", "## Over budget (project kernels: spills, shared memory, errors)", ""]
@@ -174,7 +237,8 @@ def summary(results: Path, pairs) -> str:
             continue
         data = json.loads(path.read_text())
         rows = [r for r in data["rows"] if r["family"] != "yardstick-fa2" and not r["error"]]
-        state = "current" if data["meta"].get("fingerprint") == fingerprint(arch, dt) else "stale"
+        stale = stale_families(data["meta"], arch, dt)
+        state = f"stale ({', '.join(stale)})" if stale else "current"
         state += ", --quick" if data["meta"].get("quick") else ""
         out.append(f"| {arch} | {dt} | {state} | {data['meta']['compiles']} | {len(over_budget(data['rows']))} | "
                    f"{max((r['spilled_bytes'] or 0 for r in rows), default=0)} | "
