@@ -268,8 +268,8 @@ def _block_sizes(n_pairs: int, n_bh: int, device: torch.device, elements: int = 
     """(BLOCK_T, BLOCK_P, num_warps). Interpreter: small fixed chunks. CUDA: narrow
     the pair block until there are ~4 programs per SM (the loop over t is serial),
     then size BLOCK_T for a tile of ``elements`` (the family table's entry; at most
-    128 rows), 4 warps from 512 elements (the backward spills with more per warp,
-    ``python -m benchmarks.static``)."""
+    128 rows), 4 warps from 512 elements or 128 rows (with 2 warps the 128 x 2 tile the
+    narrowing leaves spills on sm_80 and sm_89, ``python -m benchmarks.static``)."""
     block_p = min(triton.next_power_of_2(n_pairs), 32)
     if _INTERPRET or device.type != "cuda":
         return 64, block_p, 4
@@ -277,7 +277,7 @@ def _block_sizes(n_pairs: int, n_bh: int, device: torch.device, elements: int = 
     while block_p > 2 and n_bh * triton.cdiv(n_pairs, block_p) < target:
         block_p //= 2
     block_t = max(16, min(128, elements // block_p))
-    return block_t, block_p, 4 if block_t * block_p >= 512 else 2
+    return block_t, block_p, 4 if block_t * block_p >= 512 or block_t >= 128 else 2
 
 
 def _launch(kernel_name, dev, dtype, launch_one):
