@@ -14,10 +14,11 @@ launches intercepted and their device queries answered as the target would
 is written). A FlashAttention-2 forward (``yardstick``) is compiled beside them.
 
 One JSON and one markdown file per (arch, dtype) in ``--out`` (default
-benchmarks/results/static/), e.g. ``sm80_fp32.json``; each carries the fingerprint of
-the kernel sources and tables it was compiled from, and a run skips a pair whose file
-already has the current fingerprint (``--force`` recompiles), so an interrupted run
-resumes where it stopped. Compiles run in a process pool (``--jobs``, default 2) whose
+benchmarks/results/static/), e.g. ``sm80_fp32.json``; each carries one fingerprint per
+kernel family, of the sources and table entries its rows were compiled from
+(``report.fingerprint``), and a run recompiles only the families whose fingerprint
+changed, keeping the other rows, and skips a pair with none (``--force`` recompiles
+everything), so an interrupted run resumes where it stopped. Compiles run in a process pool (``--jobs``, default 2) whose
 workers end with the report however it ends. TRITON_INTERPRET is removed from the
 environment before Triton is imported (the compile needs the compiler).
 
