@@ -18,6 +18,12 @@ float32 g spaced 1e-3..6e-2 nats apart at |g| ~ 1e4..1e6 would make g_i - g_j of
 nearby tokens wrong by that much (docs/design.md section 5). The other state (Phi,
 its totals, cos/sin) is float32, or float64 for float64 inputs; the gradients of g
 (dlog_alpha, dg0) are accumulated in that dtype too.
+
+Local memory: ``tl.cos`` / ``tl.sin`` compile to libdevice's cosf / sinf, whose
+reduction of large angles (the Payne-Hanek branch, taken for |Phi| above ~1e5) keeps a
+28-byte array in local memory. ptxas reports it as every scan kernel's 32-byte stack
+frame; on a few (arch, dtype) pairs ptxas also spills 8-16 B (``python -m
+benchmarks.static``; whether those spills sit on that cold branch only is not checked).
 """
 
 import os

@@ -1,9 +1,11 @@
 """sm100 (B200, GB200, B300: 227 KiB shared memory per block) tile tables: sm_90's
 attention entries as they were when measured for sm_100, written out in full (so a fix
-to sm_90's leaves this family's reports current); the backward's delta kernel (152 B at
-64 rows) and the augment backward (24 B) spill there with sm_90's tiles, so they start
-smaller (augment: 16-row tiles only). ``python -m benchmarks.static --arch sm_100``
-measures them. Float32: ``fp32.py``.
+to sm_90's leaves this family's reports current), but for what spilled there with
+sm_90's tiles (``python -m benchmarks.static --arch sm_100``): the forward's 64x32
+4-warp tile at d=128, n=128 (16 B), the backward's delta kernel at 32 and 64 rows
+(152-168 B at d=256: 16 and 8 rows), the decode's 32-row tiles with 4 warps at d=256,
+n=64 (8 B: 8 warps, or 16 rows) and the augment backward's 16-row tiles of wide rows
+(24 B at d=64, n=128: 8 rows). Float32: ``fp32.py``.
 """
 from .fp32 import ATTENTION_FP32, OTHERS_FP32  # noqa: F401
 
@@ -13,7 +15,7 @@ ATTENTION = {
     ("fwd", 64, 128): [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 3)],
     ("fwd", 128, 16): [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 3)],
     ("fwd", 128, 64): [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 3)],
-    ("fwd", 128, 128): [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2)],
+    ("fwd", 128, 128): [(128, 32, 8, 2), (64, 64, 8, 2)],
     ("dq", 64, 16): [(64, 32, 4, 2), (64, 16, 8, 2), (64, 16, 4, 2)],
     ("dq", 64, 64): [(64, 32, 4, 2), (64, 16, 4, 2), (128, 32, 8, 2)],
     ("dq", 64, 128): [(64, 16, 4, 2), (64, 32, 8, 2), (64, 16, 8, 2)],
@@ -34,4 +36,5 @@ ATTENTION = {
     ("dkv", 256, 128): [(16, 16, 4, 2)],
 }
 
-OTHERS = {"delta": [32, 16], "decode": [(32, 12288, 4, 2)], "scan": [1024, 512], "augment": [(16, 16)]}
+OTHERS = {"delta": [16, 8], "decode": [(32, 12288, 8, 2), (16, 12288, 4, 2)], "scan": [1024, 512],
+          "augment": [(16, 8), (8, 8)]}
