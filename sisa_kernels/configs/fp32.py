@@ -5,14 +5,18 @@ thread), while IEEE products at the same tiles need 100-230 registers. Measured 
 sm_90 (``python -m benchmarks.static --arch sm_90 --dtypes fp32``), at the widest
 class of each row unless said:
 - d <= 128: forward 32x16, 8 warps (101 registers at d=128, n=128; 4 warps: 244 there,
-  but 1,560 B spilled at d=96);
+  but 1,560 B spilled at d=96), but 16x16 with 4 warps where ptxas held the 8-warp
+  tile to 128 registers and spilled (24 B at d=64, n=128; 72 B at d=128, n=64);
   both backward kernels 32x16, 8 warps (dq 139, dk/dv 228; 4 warps spill 240 B and
-  1,320 B); 16x16 tiles are the fallbacks;
+  1,320 B); 16x16 tiles are the fallbacks, but for dk/dv at d=64, n=16 (8 warps spill
+  24 B there);
 - d = 256: forward 16x16, 4 warps (150, three blocks per SM) then 32x16, 8 warps
   (144); dq 16x16 with 4 warps (186; 8 warps spill 56 B at n=64); dk/dv 16x16, 8 warps (178; 4 warps
   spill 2 KB);
-- decode: 16-row tiles, 3 stages (2 stages spill 24 B when one query shares a kv
-  head); every entry's shared memory is under 99 KiB.
+- decode: 16-row tiles with 4 warps and 3 stages (1 stage spilled 88-124 B at d=256,
+  n=128; 2 stages 8-72 B at d <= 128 on sm_90), but 2 stages, 4 then 8 warps, on the
+  99 KiB families (``OTHERS_FP32_99KIB``: 3 stages need 100 KiB at d=256, n=128;
+  ``--arch sm_86 --dtypes fp32 --families decode``).
 Entries as in ``sm90.py``; the families share these until their own reports say otherwise.
 """
 
@@ -22,10 +26,13 @@ for _d in (64, 128):
         ATTENTION_FP32[("fwd", _d, _n)] = [(32, 16, 8, 2), (16, 16, 4, 2)]
         ATTENTION_FP32[("dq", _d, _n)] = [(32, 16, 8, 2), (16, 16, 4, 2)]
         ATTENTION_FP32[("dkv", _d, _n)] = [(32, 16, 8, 2), (16, 16, 8, 2)]
+for _cls in (("fwd", 64, 128), ("fwd", 128, 64)):
+    ATTENTION_FP32[_cls] = [(16, 16, 4, 2)]
+ATTENTION_FP32[("dkv", 64, 16)] = [(32, 16, 8, 2)]
 for _n in (64, 128):
     ATTENTION_FP32[("fwd", 256, _n)] = [(16, 16, 4, 2), (32, 16, 8, 2)]
     ATTENTION_FP32[("dq", 256, _n)] = [(16, 16, 4, 2)]
     ATTENTION_FP32[("dkv", 256, _n)] = [(16, 16, 8, 2), (16, 16, 8, 1)]
 
-OTHERS_FP32 = {"delta": [64, 32], "decode": [(16, 6144, 4, 3), (16, 6144, 4, 1)], "scan": [1024, 512],
-               "augment": [(16, 16)]}
+OTHERS_FP32 = {"delta": [64, 32], "decode": [(16, 6144, 4, 3)], "scan": [1024, 512], "augment": [(16, 16)]}
+OTHERS_FP32_99KIB = {**OTHERS_FP32, "decode": [(16, 6144, 4, 2), (16, 6144, 8, 2)]}
