@@ -22,8 +22,9 @@ its totals, cos/sin) is float32, or float64 for float64 inputs; the gradients of
 Local memory: ``tl.cos`` / ``tl.sin`` compile to libdevice's cosf / sinf, whose
 reduction of large angles (the Payne-Hanek branch, taken for |Phi| above ~1e5) keeps a
 28-byte array in local memory. ptxas reports it as every scan kernel's 32-byte stack
-frame; on a few (arch, dtype) pairs ptxas also spills 8-16 B (``python -m
-benchmarks.static``; whether those spills sit on that cold branch only is not checked).
+frame. The 8-16 B some (arch, dtype) pairs spill besides are ptxas trading registers
+for occupancy: the same PTX with ``.maxnreg 255`` spills nothing (``python -m
+benchmarks.static`` reports both).
 """
 
 import os

@@ -196,6 +196,35 @@ def test_a_sample_per_arch_recompiles_as_committed():
         assert {k: new[k] for k in keys} == {k: old[k] for k in keys}, (arch, dt, old["kwargs"])
 
 
+def test_an_over_budget_spill_recompiles_with_its_uncapped_figures():
+    """A forward row of an open/ report that spills below 255 registers, compiled again:
+    the same spill, and with .maxnreg 255 the same registers and spills as committed
+    (``analyse._uncapped``)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the kernel tests compile and run every kernel for it")
+    pytest.importorskip("triton.backends.nvidia", reason="Triton built without the NVIDIA backend (no ptxas)")
+    import triton
+    found = None
+    for path in sorted((RESULTS / "open").glob("*.json")):
+        data = json.loads(path.read_text())
+        m = data["meta"]
+        if m["triton"] != triton.__version__ or "attention-fwd" in report.stale_families(m, m["arch"], m["dtype"]):
+            continue
+        rows = [r for r in data["rows"] if r["kernel"] == "_sisa_fwd_kernel" and r.get("uncapped_regs")]
+        if rows:
+            found = (m["arch"], m["dtype"], rows[0])
+            break
+    if found is None:
+        pytest.skip("no current open/ report (with this Triton) has a forward row that spills below 255 registers")
+    res = subprocess.run([sys.executable, "-c", SAMPLE], input=json.dumps([found]), cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-4000:]
+    new, old = json.loads(res.stdout.splitlines()[-1])[0], found[2]
+    keys = ("regs", "spilled_bytes", "uncapped_regs", "uncapped_spilled_bytes")
+    assert {k: new.get(k) for k in keys} == {k: old[k] for k in keys}, found[:2]
+    assert new["uncapped_regs"] > new["regs"]
+
+
 def test_a_rerun_recompiles_only_the_stale_families(tmp_path):
     """The second run of the same report keeps the rows of the current families (marked
     here) and recompiles the one whose committed fingerprint no longer matches."""

@@ -12,6 +12,12 @@ Blocks per SM (a simple model, documented rather than exact): ``min(regs_per_sm 
 with the target's figures; it ignores the register allocation granularity and the
 1 KiB the driver reserves per block, so it can be one block optimistic at a boundary.
 
+A row that spills while ptxas used fewer than 255 registers is compiled once more with
+``.maxnreg 255`` in its PTX (``uncapped_regs``, ``uncapped_spilled_bytes``): ptxas
+trades registers for occupancy on its own (a 4-warp float32 tile at 128 registers
+spilling 16 B needs 246 and spills nothing uncapped), and ``-maxrregcount`` does not
+lift that choice, the directive does. Which of the two runs faster needs a GPU.
+
 Budgets (``violations`` of a row): ``spill`` (spilled bytes > 0), ``smem`` (above the
 target's opt-in shared memory per block: the kernel cannot launch), ``occupancy``
 (registers hold it to one block per SM where shared memory and warps allow two).
@@ -74,6 +80,17 @@ def _tool(name):
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
+def _uncapped(ptx, capability):
+    """(registers, spilled bytes) of the PTX compiled with ``.maxnreg 255``, or None."""
+    capped, found = re.subn(r"(\.(?:reqntid|maxntid)[^\n]*)", r"\1\n.maxnreg 255", ptx, count=1)
+    if not found:
+        return None
+    log = _ptxas_log(capped, capability)
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return (int(regs.group(1)), int(spills.group(1)) + int(spills.group(2))) if regs and spills else None
+
+
 def _ptxas_log(ptx, capability):
     """ptxas -v on the PTX with the flags Triton uses (when the cubin came from a cache)."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
@@ -127,6 +144,8 @@ def analyse(compiled, log, target):
     if regs is not None:
         row["blocks_per_sm"], row["limit"], limits = blocks_per_sm(regs, md.num_warps, md.shared, target)
         row["blocks_by"] = limits
+    if row["spilled_bytes"] and regs is not None and regs < target.max_regs_per_thread:
+        row["uncapped_regs"], row["uncapped_spilled_bytes"] = _uncapped(ptx, target.capability) or (None, None)
     return row
 
 

@@ -168,7 +168,8 @@ def legend(target):
         "cp.async.{ca,cg}.shared in PTX / LDGSTS in SASS; TMA: cp.async.bulk.tensor in PTX / UTMALDG in SASS. "
         "flags: `*` the launcher's default pick, `t` kept by its autotuner's pruner (SISA_AUTOTUNE=1); "
         f"violations: spill (spilled bytes > 0), smem (> {target.smem_per_block} B, cannot launch), occupancy "
-        "(registers allow 1 block/SM where shared memory and warps allow >= 2).")
+        "(registers allow 1 block/SM where shared memory and warps allow >= 2). An over-budget spill where ptxas "
+        "used fewer than 255 registers also gives the registers and spills the same PTX needs with .maxnreg 255.")
 
 
 def over_budget(rows):
@@ -182,8 +183,10 @@ def violation_line(r, dims, states):
              f"n={_dims_str(r['d_states'], states)}")
     if r.get("error"):
         return f"{where}: {r['error']}"
+    uncapped = (f"; with .maxnreg 255: {r['uncapped_regs']} regs, {r['uncapped_spilled_bytes']} B spilled"
+                if r.get("uncapped_regs") is not None else "")
     return (f"{where}: {','.join(r['violations'])} (regs {r['regs']}, spilled {r['spilled_bytes']} B, "
-            f"smem {r['smem']} B, {r['blocks_per_sm']} blk/SM by {r['limit']})")
+            f"smem {r['smem']} B, {r['blocks_per_sm']} blk/SM by {r['limit']}{uncapped})")
 
 
 def _fingerprint_text(meta):
