@@ -85,10 +85,16 @@ def _uncapped(ptx, capability):
     capped, found = re.subn(r"(\.(?:reqntid|maxntid)[^\n]*)", r"\1\n.maxnreg 255", ptx, count=1)
     if not found:
         return None
-    log = _ptxas_log(capped, capability)
-    regs = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    return (int(regs.group(1)), int(spills.group(1)) + int(spills.group(2))) if regs and spills else None
+    regs, _, spill_st, spill_ld = _ptxas_figures(_ptxas_log(capped, capability))
+    return None if regs is None or spill_st is None else (regs, spill_st + spill_ld)
+
+
+def _ptxas_figures(log):
+    """(registers, stack frame, spill stores, spill loads) from a ptxas -v log (None where absent)."""
+    m = re.search(r"Used (\d+) registers", log)
+    regs = int(m.group(1)) if m else None
+    m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return (regs, *(map(int, m.groups()) if m else (None, None, None)))
 
 
 def _ptxas_log(ptx, capability):
@@ -126,10 +132,7 @@ def analyse(compiled, log, target):
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
     if not re.search(r"Used \d+ registers", log):
         log = _ptxas_log(ptx, target.capability)
-    m = re.search(r"Used (\d+) registers", log)
-    regs = int(m.group(1)) if m else None
-    m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    stack, spill_st, spill_ld = map(int, m.groups()) if m else (None, None, None)
+    regs, stack, spill_st, spill_ld = _ptxas_figures(log)
     sass = _sass(cubin)
     count = lambda pat, text: len(re.findall(pat, text))  # noqa: E731
     row = dict(regs=regs, spill_stores=spill_st, spill_loads=spill_ld,
