@@ -78,7 +78,8 @@ def test_gate_fails_on_the_paper_form_once_its_clamp_engages():
             for block in model.layers:
                 block.attn.alpha_proj.bias.fill_(0.0)     # ~0.7 nats per token: 48 tokens span ~33 nats
     ids = gate_ids(config)
-    assert check_form("sisa", FORMS["sisa"], models["sisa"], ids, CPU, None)["ok"]
+    exact = check_form("sisa", FORMS["sisa"], models["sisa"], ids, CPU, None)
+    assert exact["ok"], exact
     paper = check_form("sisa-paper", FORMS["sisa-paper"], models["sisa-paper"], ids, CPU, None)
     assert paper["decay_span"] > 22 and not paper["ok"] and "clamp engaged" in paper["note"]
 
