@@ -14,9 +14,16 @@ class of each row unless said:
   (144); dq 16x16 with 4 warps (186; 8 warps spill 56 B at n=64); dk/dv 16x16, 8 warps (178; 4 warps
   spill 2 KB);
 - decode: 16-row tiles with 4 warps and 3 stages (1 stage spilled 88-124 B at d=256,
-  n=128; 2 stages 8-72 B at d <= 128 on sm_90), but 2 stages, 4 then 8 warps, on the
-  99 KiB families (``OTHERS_FP32_99KIB``: 3 stages need 100 KiB at d=256, n=128;
-  ``--arch sm_86 --dtypes fp32 --families decode``).
+  n=128; 2 stages 8-72 B at d <= 128 on sm_90), but on the 99 KiB families
+  (``OTHERS_FP32_99KIB``; ``--arch sm_86,sm_89,sm_120 --dtypes fp32 --families decode``)
+  2 stages (3 need 100 KiB at d=256, n=128), 4 warps and a 3,072-element key tile
+  (BLOCK_N 16 at d=64): with 6,144 elements the grouped-query tiles (4-8 query heads
+  per key head) spilled 40-60 B even at 255 registers, 48 B at d=64, n=16 on sm_120 and
+  in the 8-warp fallback on sm_86/89; 1 stage spills 80-204 B at d=256, n=128, so there
+  is no fallback entry: a failed launch takes the exact decode path. sm80 takes 2 stages
+  too (``OTHERS_FP32_SM80``): with 3 the tile for 8 query heads per key head at d=64,
+  n=128 spills 52 B (84 B at 255 registers); with 2, four rows spill 8 B, each 0 B at
+  ``.maxnreg 255`` (``--arch sm_80 --dtypes fp32 --families decode``).
 Entries as in ``sm90.py``; the families share these until their own reports say otherwise.
 """
 
@@ -35,4 +42,5 @@ for _n in (64, 128):
     ATTENTION_FP32[("dkv", 256, _n)] = [(16, 16, 8, 2), (16, 16, 8, 1)]
 
 OTHERS_FP32 = {"delta": [64, 32], "decode": [(16, 6144, 4, 3)], "scan": [1024, 512], "augment": [(16, 16)]}
-OTHERS_FP32_99KIB = {**OTHERS_FP32, "decode": [(16, 6144, 4, 2), (16, 6144, 8, 2)]}
+OTHERS_FP32_99KIB = {**OTHERS_FP32, "decode": [(16, 3072, 4, 2)]}
+OTHERS_FP32_SM80 = {**OTHERS_FP32, "decode": [(16, 6144, 4, 2)]}
