@@ -130,9 +130,9 @@ def blocks_per_sm(regs, num_warps, smem, target):
 def analyse(compiled, log, target):
     md = compiled.metadata
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
-    if not re.search(r"Used \d+ registers", log):
-        log = _ptxas_log(ptx, target.capability)
     regs, stack, spill_st, spill_ld = _ptxas_figures(log)
+    if regs is None:                               # Triton printed no ptxas -v log: run ptxas ourselves
+        regs, stack, spill_st, spill_ld = _ptxas_figures(_ptxas_log(ptx, target.capability))
     sass = _sass(cubin)
     count = lambda pat, text: len(re.findall(pat, text))  # noqa: E731
     row = dict(regs=regs, spill_stores=spill_st, spill_loads=spill_ld,
