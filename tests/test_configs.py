@@ -28,9 +28,10 @@ def test_every_table_entry_fits_its_kernel():
         for tab in (mod.ATTENTION, mod.ATTENTION_FP32):
             for (kind, d, n), cfgs in tab.items():
                 assert cfgs, (fam, kind, d, n)
-                for rows, cols, warps, stages in cfgs:
+                for rows, cols, warps, stages, maxnreg in map(configs.full_entry, cfgs):
                     assert rows % cols == 0 and rows >= 16 and cols >= 16, (fam, kind, d, n)
                     assert warps in (2, 4, 8) and stages in (1, 2, 3), (fam, kind, d, n)
+                    assert maxnreg is None or 128 <= maxnreg <= 255, (fam, kind, d, n)
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             for kind in configs.ATTENTION_KINDS:
                 for d in configs.D_CLASSES:

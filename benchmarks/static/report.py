@@ -120,7 +120,8 @@ def config_str(row):
                       if k.startswith("BLOCK") and not isinstance(v, bool))
     warps = row.get("num_warps") or kw.get("num_warps", "?")
     stages = row.get("num_stages") or kw.get("num_stages", "?")
-    return f"{blocks} w{warps} s{stages}".strip()
+    cap = f" r{kw['maxnreg']}" if kw.get("maxnreg") else ""
+    return f"{blocks} w{warps} s{stages}{cap}".strip()
 
 
 def _dims_str(values, every):

@@ -9,9 +9,13 @@ separately for 16-bit and float32 inputs (float32 products are exact IEEE FMA
 products, ``fp32.py``, whose tiles differ): ``python -m benchmarks.static``
 measures every entry without a GPU, per arch and dtype.
 
-Attention configs are (block rows, block cols, num_warps, num_stages): BLOCK_M x
-BLOCK_N for the forward, BLOCK_OUT x BLOCK_IN for the two backward kernels (dq and
-dk/dv); the other kernels' entries are described in ``sm90.py``. The choice is the
+Attention configs are (block rows, block cols, num_warps, num_stages[, maxnreg]):
+BLOCK_M x BLOCK_N for the forward, BLOCK_OUT x BLOCK_IN for the two backward kernels
+(dq and dk/dv); the other kernels' entries are described in ``sm90.py``. The optional
+fifth field is Triton's ``maxnreg`` launch option, a register cap per thread: where
+ptxas, left to itself, holds a float32 tile to fewer registers than it needs and
+spills (it trades registers for blocks per SM), the measured cap that compiles it
+without spills (``fp32.py``). The choice is the
 first entry, the same in every process; nothing is benchmarked at run time unless
 ``SISA_AUTOTUNE=1`` (Triton's autotuner over the family's entries, keyed on the
 power-of-two bucket of the sequence length). A launch that still fails (out of
@@ -73,11 +77,18 @@ def others(kind: str, family: str = "sm90", dtype=torch.bfloat16) -> list:
     return table(family, dtype)[1][kind]
 
 
+def full_entry(cfg: tuple) -> tuple:
+    """An attention config with all five fields (maxnreg None: ptxas's own choice)."""
+    return (*cfg, None) if len(cfg) == 4 else tuple(cfg)
+
+
 def as_kwargs(kind: str, cfg: tuple) -> dict:
-    """An attention config as launch keyword arguments (block sizes, warps, stages)."""
-    rows, cols, warps, stages = cfg
+    """An attention config as launch keyword arguments (block sizes, warps, stages and,
+    where the entry has one, the register cap)."""
+    rows, cols, warps, stages, maxnreg = full_entry(cfg)
     names = BLOCK_NAMES[kind]
-    return {names[0]: rows, names[1]: cols, "num_warps": warps, "num_stages": stages}
+    kwargs = {names[0]: rows, names[1]: cols, "num_warps": warps, "num_stages": stages}
+    return kwargs if maxnreg is None else {**kwargs, "maxnreg": maxnreg}
 
 
 def pick(kind: str, d_pad: int, n_pad: int, family: str = "sm90", dtype=torch.bfloat16) -> dict:

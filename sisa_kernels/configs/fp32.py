@@ -24,6 +24,17 @@ class of each row unless said:
   too (``OTHERS_FP32_SM80``): with 3 the tile for 8 query heads per key head at d=64,
   n=128 spills 52 B (84 B at 255 registers); with 2, four rows spill 8 B, each 0 B at
   ``.maxnreg 255`` (``--arch sm_80 --dtypes fp32 --families decode``).
+Register caps (the fifth field, Triton's ``maxnreg``), per family: off sm_90, ptxas
+held some of these tiles to 80-168 registers and spilled 8-96 B (it trades registers
+for blocks per SM; ``-maxrregcount`` does not lift that choice). Each cap below is the
+smallest of the block-count thresholds (for 4 warps 168 = three blocks, 255 = two; for
+8 warps 128 = two, 255 = one) at which the spilling compile has 0 B, with ptxas given
+the same PTX (``python -m benchmarks.static``'s ``.maxnreg`` recompile), e.g. sm_80
+dk/dv 16x16 with 8 warps at d=64, n=128: 80 registers and 16 B, capped at 128: 128 and
+0 B; dk/dv 32x16 with 8 warps at d=128, n=64: 128 and 32 B, at 255: 255 and 0 B. A cap
+is not free (ptxas then fills it: one block per SM for 8 warps at 255), and it is not
+harmless everywhere: the decode split kernel, capped at 255, spilled 24-276 B at widths
+it compiles cleanly uncapped, so decode has no cap.
 Entries as in ``sm90.py``; the families share these until their own reports say otherwise.
 """
 
@@ -40,6 +51,35 @@ for _n in (64, 128):
     ATTENTION_FP32[("fwd", 256, _n)] = [(16, 16, 4, 2), (32, 16, 8, 2)]
     ATTENTION_FP32[("dq", 256, _n)] = [(16, 16, 4, 2)]
     ATTENTION_FP32[("dkv", 256, _n)] = [(16, 16, 8, 2), (16, 16, 8, 1)]
+
+
+
+def _capped(caps: dict) -> dict:
+    """ATTENTION_FP32 with ``caps``: {(kind, d, n): {entry: maxnreg}}."""
+    table = {cls: list(entries) for cls, entries in ATTENTION_FP32.items()}
+    for cls, by_entry in caps.items():
+        table[cls] = [(*e, by_entry[e]) if e in by_entry else e for e in table[cls]]
+        assert set(by_entry) <= set(ATTENTION_FP32[cls]), cls
+    return table
+
+
+_W8, _W4, _SMALL8 = (32, 16, 8, 2), (16, 16, 4, 2), (16, 16, 8, 2)
+ATTENTION_FP32_SM80 = _capped({
+    ("fwd", 64, 128): {_W4: 168},
+    ("dq", 128, 16): {_W8: 255}, ("dq", 128, 64): {_W8: 255}, ("dq", 128, 128): {_W8: 255},
+    ("dkv", 64, 128): {_SMALL8: 128},
+    ("dkv", 128, 16): {_W8: 255}, ("dkv", 128, 64): {_W8: 255}, ("dkv", 128, 128): {_W8: 255},
+    ("dkv", 256, 64): {_SMALL8: 255},
+})
+ATTENTION_FP32_SM86 = _capped({          # sm_86 and sm_89 alike
+    ("fwd", 128, 16): {_W8: 255}, ("fwd", 128, 64): {_W4: 255}, ("fwd", 128, 128): {_W4: 168},
+    ("fwd", 256, 64): {_W8: 255},
+    ("dkv", 64, 64): {_SMALL8: 128}, ("dkv", 128, 64): {_W8: 255},
+})
+ATTENTION_FP32_SM100 = _capped({("fwd", 256, 64): {_W8: 255}, ("dq", 128, 128): {_W4: 255}})
+ATTENTION_FP32_SM120 = _capped({
+    ("fwd", 256, 64): {_W8: 255}, ("fwd", 256, 128): {_W8: 255}, ("dq", 128, 128): {_W4: 255},
+})
 
 OTHERS_FP32 = {"delta": [64, 32], "decode": [(16, 6144, 4, 3)], "scan": [1024, 512], "augment": [(16, 16)]}
 OTHERS_FP32_99KIB = {**OTHERS_FP32, "decode": [(16, 3072, 4, 2)]}

@@ -14,7 +14,8 @@ import inspect
 import triton
 
 from ..errors import KernelLaunchError
-from . import (BLOCK_NAMES, as_kwargs, autotune_requested, candidates, device, interpreting, launch_family)
+from . import (BLOCK_NAMES, as_kwargs, autotune_requested, candidates, device, full_entry, interpreting,
+               launch_family)
 
 
 def _launch_errors() -> tuple:
@@ -59,10 +60,11 @@ def _prune(kind):
     def prune(configs, named_args, **kwargs):
         get = lambda k: named_args.get(k, kwargs.get(k))  # noqa: E731
         first = next(v for v in named_args.values() if hasattr(v, "dtype") and hasattr(v, "device"))
-        safe = set(candidates(kind, get("D_PAD"), get("N_PAD"), launch_family(first.device) or "sm90",
-                              first.dtype))
+        safe = {full_entry(c) for c in candidates(kind, get("D_PAD"), get("N_PAD"),
+                                                  launch_family(first.device) or "sm90", first.dtype)}
         rows, cols = BLOCK_NAMES[kind]
-        return [c for c in configs if (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages) in safe]
+        return [c for c in configs
+                if (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages, getattr(c, "maxnreg", None)) in safe]
     return prune
 
 
@@ -73,9 +75,10 @@ def autotuned(kernel, kind: str):
     on disk where this Triton can."""
     from . import TABLES
     rows, cols = BLOCK_NAMES[kind]
-    space = sorted({c for mod in TABLES.values() for tab in (mod.ATTENTION, mod.ATTENTION_FP32)
-                    for (k, *_), cs in tab.items() if k == kind for c in cs})
-    configs = [triton.Config({rows: r, cols: c}, num_warps=w, num_stages=st) for r, c, w, st in space]
+    space = sorted({full_entry(c) for mod in TABLES.values() for tab in (mod.ATTENTION, mod.ATTENTION_FP32)
+                    for (k, *_), cs in tab.items() if k == kind for c in cs}, key=lambda e: (*e[:4], e[4] or 0))
+    configs = [triton.Config({rows: r, cols: c}, num_warps=w, num_stages=st, **({"maxnreg": cap} if cap else {}))
+               for r, c, w, st, cap in space]
     extra = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
     return triton.autotune(configs=configs, key=["T_BUCKET", "D", "N", "REP", "IS_VARLEN"],
                            prune_configs_by={"early_config_prune": _prune(kind)}, **extra)(kernel)

@@ -11,7 +11,7 @@ sm_120``, bf16):
 - the scan backward's 256-element tiles at n=16 (16 B).
 Entries as in ``sm90.py``; float32 inputs: ``fp32.py``.
 """
-from .fp32 import ATTENTION_FP32, OTHERS_FP32_99KIB as OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32_SM120 as ATTENTION_FP32, OTHERS_FP32_99KIB as OTHERS_FP32  # noqa: F401
 
 ATTENTION = {
     ("fwd", 64, 16): [(64, 64, 4, 3), (64, 32, 4, 2)],

@@ -9,7 +9,7 @@ dq 64x16 with 4 warps at d=64, n=128 and 128x32 at d=96/128, n=64; dk/dv 32x16 w
 warps at d=128, n=16 (32x16 with 2 warps and 64x16 with 4 do not). ``python -m
 benchmarks.static --arch sm_80`` measures them. Float32 inputs: ``fp32.py``.
 """
-from .fp32 import ATTENTION_FP32, OTHERS_FP32_SM80 as OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32_SM80 as ATTENTION_FP32, OTHERS_FP32_SM80 as OTHERS_FP32  # noqa: F401
 
 ATTENTION = {
     ("fwd", 64, 16): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],

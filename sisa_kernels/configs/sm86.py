@@ -11,7 +11,7 @@ reports' (16-96 B): dq 64x16 and 32x16 with 4 warps at d=64, n=128 and d=96, n=1
 another family's table leaves this one's reports current; ``python -m benchmarks.static
 --arch sm_86,sm_89`` measures them. Float32 inputs: ``fp32.py``.
 """
-from .fp32 import ATTENTION_FP32, OTHERS_FP32_99KIB as OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32_SM86 as ATTENTION_FP32, OTHERS_FP32_99KIB as OTHERS_FP32  # noqa: F401
 
 ATTENTION = {
     ("fwd", 64, 16): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
