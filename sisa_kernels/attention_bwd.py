@@ -336,15 +336,28 @@ def sisa_attn_bwd(dout, q, k, v, C_rot, B_rot, g, lam, out, lse, softmax_scale, 
     configs.run("_sisa_bwd_delta_kernel", dev, family, d_pad, [16] if family is None else configs.others(
         "delta", family, q.dtype), lambda blk: _sisa_bwd_delta_kernel[(triton.cdiv(s, blk), h, b)](
             out, dout, delta, *out.stride(), *dout.stride(), h, s, d, D_PAD=d_pad, BLOCK=blk))
-    common = (*q.stride(), *k.stride(), *v.stride(), *C_rot.stride(), *B_rot.stride(), *g.stride(),
-              *dout.stride())
+    strides = lambda qq, kk, vv, oo: (*qq.stride(), *kk.stride(), *vv.stride(), *C_rot.stride(),  # noqa: E731
+                                      *B_rot.stride(), *g.stride(), *oo.stride())
+    common = strides(q, k, v, dout)
     grid = lambda meta: (triton.cdiv(s, meta["BLOCK_OUT"]), h, b)
     kv_grid = lambda meta: (triton.cdiv(t, meta["BLOCK_OUT"]), hk, b)
     consts = dict(D=d, N=n, D_PAD=d_pad, N_PAD=n_pad, IS_VARLEN=bounds is not None, UPCAST=upcast)
     tail = (h, t, s, rep, float(softmax_scale), configs.length_bucket(t))
+    kv_in, kv_out, kv_consts = (q, k, v, dout), (dk, dv), consts
+    padding = config is None and configs.pads_head_dim("dkv", d, d_pad, n_pad, family, q.dtype)
+    if padding:
+        # The family's dk/dv tiles spill with a masked head dim (sm120.py): zero columns up to
+        # d_pad leave every product unchanged, and the padded dk, dv columns are dropped.
+        kv_in = tuple(torch.nn.functional.pad(x, (0, d_pad - d)) for x in kv_in)
+        kv_out = tuple(torch.empty((b, t, hk, d_pad), dtype=x.dtype, device=dev) for x in (k, v))
+        kv_consts = {**consts, "D": d_pad}
+    qq, kk, vv, oo = kv_in
     configs.launch(_sisa_bwd_dkv_kernel, _sisa_bwd_dkv_tuned, "dkv", kv_grid,
-                   (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dk, dv, dbr, col_g, bounds,
-                    *common, *dk.stride(), *dbr.stride(), *tail), consts, config, t, dev, q.dtype)
+                   (qq, kk, vv, C_rot, B_rot, g, lam32, oo, lse, delta, *kv_out, dbr, col_g, bounds,
+                    *strides(*kv_in), *kv_out[0].stride(), *dbr.stride(), *tail), kv_consts, config, t, dev, q.dtype)
+    if padding:
+        dk.copy_(kv_out[0][..., :d])
+        dv.copy_(kv_out[1][..., :d])
     configs.launch(_sisa_bwd_dq_kernel, _sisa_bwd_dq_tuned, "dq", grid,
                    (q, k, v, C_rot, B_rot, g, lam32, dout, lse, delta, dq, dcr, row_g, bounds,
                     *common, *dq.stride(), *dcr.stride(), *tail), consts, config, t, dev, q.dtype)

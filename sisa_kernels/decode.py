@@ -255,7 +255,7 @@ def sisa_decode(q, k, v, C_rot, B_rot, g, lam, softmax_scale=None, *, lengths=No
     keys = lengths if key_mask is None else key_mask.view(torch.uint8)   # a dummy pointer without a mask
     family = configs.launch_family(q.device)
     entries = ([(32, 12288, 4, num_stages)] if family is None or block_n is not None
-               else configs.others("decode", family, q.dtype))
+               else configs.others("decode", family, q.dtype, (d_pad, n_pad)))
 
     def launch(entry):
         most_rows, elements, warps, stages = entry

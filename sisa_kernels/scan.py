@@ -288,11 +288,16 @@ def _block_sizes(n_pairs: int, n_bh: int, device: torch.device, elements: int = 
 
 
 def _launch(kernel_name, dev, dtype, launch_one):
-    """``launch_one(elements)`` through the family table's scan entries (the safety net
-    of ``configs.run``)."""
+    """``launch_one(elements, options)`` through the family table's scan entries (the
+    safety net of ``configs.run``). An entry is a tile's elements, or (elements,
+    maxnreg): Triton's register cap, passed on in ``options``."""
     family = configs.launch_family(dev)
     entries = [1024] if family is None else configs.others("scan", family, dtype)
-    configs.run(kernel_name, dev, family, None, entries, launch_one)
+
+    def one(entry):
+        elements, *cap = entry if isinstance(entry, tuple) else (entry,)
+        launch_one(elements, {"maxnreg": cap[0]} if cap else {})
+    configs.run(kernel_name, dev, family, None, entries, one)
 
 
 def _store_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -337,12 +342,12 @@ def _scan_fwd(C, B, log_alpha, theta, g0, phi0, cu_seqlens=None):
         C, B = _same_strides(C, B)
         cu, seq = _segment_index(cu_seqlens, t)
 
-        def launch(elements):
+        def launch(elements, options):
             block_t, block_p, warps = _block_sizes(P, b * h, dev, elements)
             _scan_fwd_kernel[(triton.cdiv(P, block_p), b * h)](
                 C, B, log_alpha, theta, C_rot, B_rot, g, g0, phi0, g_last, phi_last, cu, seq,
                 t, h, P, *C.stride(), *log_alpha.stride(), *theta.stride(),
-                IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
+                IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps, **options,
             )
         _launch("_scan_fwd_kernel", dev, C.dtype, launch)
     return C_rot.to(C.dtype), B_rot.to(B.dtype), g, g_last, phi_last
@@ -367,13 +372,13 @@ def _scan_bwd(C, B, theta, phi_last, dC_rot, dB_rot, dg, dg_last, dphi_last, cu_
         dC_rot, dB_rot, dg = (x.contiguous() if x is not None else None for x in (dC_rot, dB_rot, dg))
         cu, seq = _segment_index(cu_seqlens, t)
 
-        def launch(elements):
+        def launch(elements, options):
             block_t, block_p, warps = _block_sizes(P, b * h, dev, elements)
             _scan_bwd_kernel[(triton.cdiv(P, block_p), b * h)](
                 C, B, theta, phi_last, dC_rot, dB_rot, dg, dC, dB, dla, dth, dg_last, dphi_last, dg0, dphi0,
                 cu, seq, t, h, P, *C.stride(), *theta.stride(),
                 HAS_DCR=dC_rot is not None, HAS_DBR=dB_rot is not None, HAS_DG=dg is not None,
-                IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps,
+                IS_VARLEN=cu is not None, ACC=_TL_ACC[sd], BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps, **options,
             )
         _launch("_scan_bwd_kernel", dev, C.dtype, launch)
     return dC.to(C.dtype), dB.to(B.dtype), dla, dth.to(theta.dtype), dg0, dphi0

@@ -155,6 +155,33 @@ def test_other_block_shapes(fwd_blocks, bwd_blocks):
         assert err(got, ref) < 1e-5 * (1 + ref.abs().max().item()), name
 
 
+def test_head_dim_padded_dkv_route(monkeypatch):
+    """Where a family's table pads the head dim for dk/dv (sm120.py, 16-bit, d=96 at
+    n <= 16), the dk/dv kernel runs on zero-padded copies: gradients still match the
+    float64 reference, and the padded launch really is the one that ran (D = D_PAD)."""
+    from sisa_kernels import attention_bwd, configs
+    from sisa_kernels.attention import sisa_attn_fwd
+    inputs = make_inputs(1, 40, 2, 1, 24, 8, torch.float32, STRONG, seed=7)    # head dim 24, padded to 32
+    dout = torch.randn(inputs[0].shape).to(DEVICE)
+    _, ref_grads = run(naive_attention, [x.double() for x in inputs], dout.double(), 0.2)
+    out, lse = sisa_attn_fwd(*inputs, 0.2)
+    asked, seen = [], []
+    monkeypatch.setattr(configs, "pads_head_dim",
+                        lambda kind, d, d_pad, *a: asked.append((kind, d, d_pad)) or d < d_pad)
+    real = configs.launch
+
+    def spy(kernel, tuned, kind, grid, args, consts, *rest):
+        seen.append((kind, consts["D"], consts["D_PAD"], args[0].shape[-1]))
+        return real(kernel, tuned, kind, grid, args, consts, *rest)
+    monkeypatch.setattr(configs, "launch", spy)
+    grads = attention_bwd.sisa_attn_bwd(dout, *inputs, out, lse, 0.2)
+    assert asked == [("dkv", 24, 32)]
+    assert seen == [("dkv", 32, 32, 32), ("dq", 24, 32, 24)]
+    for name, got, ref in zip(NAMES, grads, ref_grads):
+        assert got.shape == ref.shape, name
+        assert err(got, ref) < 1e-5 * (1 + ref.abs().max().item()), name
+
+
 def test_total_decay_beyond_exponent_range():
     """Sum of log-decays far below -88 (float32 exp range) stays finite and exact;
     g large in magnitude (an offset of -1e4) does not lose the in-tile differences."""

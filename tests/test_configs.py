@@ -182,3 +182,38 @@ def test_autotuner_prunes_to_the_calls_family_table(monkeypatch):
     kept = prune(space, {"Q": q, "D_PAD": 128, "N_PAD": 64})
     device.clear_cache()
     assert {(c.kwargs["BLOCK_OUT"], c.kwargs["BLOCK_IN"], c.num_warps, c.num_stages) for c in kept} == set(table)
+
+
+def test_a_register_cap_reaches_the_launch_and_the_autotuner(on_gpu):
+    """A five-field entry (fp32.py's caps) launches with Triton's maxnreg; a four-field one
+    without it; the autotuner's space carries the cap and its pruner keeps the capped entry."""
+    use, _ = on_gpu
+    use((8, 0), 163 * KIB)
+    table = configs.candidates("dkv", 128, 64, "sm80", torch.float32)
+    assert table[0] == (32, 16, 8, 2, 255) and len(table[1]) == 4
+    kernel = Recorder(fail=1)
+    configs.launch(kernel, None, "dkv", (1,), (), dict(D_PAD=128, N_PAD=64), None, 100, torch.device("cuda", 0),
+                   torch.float32)
+    assert kernel.calls[0]["maxnreg"] == 255 and "maxnreg" not in kernel.calls[1]
+    from sisa_kernels.attention_bwd import _sisa_bwd_dkv_tuned as tuned
+    assert any(c.maxnreg == 255 for c in tuned.configs) and any(c.maxnreg is None for c in tuned.configs)
+    q = torch.empty(1, device="meta", dtype=torch.float32)
+    kept = configs.launch_module._prune("dkv")(tuned.configs, {"Q": q, "D_PAD": 128, "N_PAD": 64})
+    assert {(c.kwargs["BLOCK_OUT"], c.kwargs["BLOCK_IN"], c.num_warps, c.num_stages, c.maxnreg)
+            for c in kept} == set(map(configs.full_entry, table))
+
+
+def test_entries_per_width_class_and_head_dim_padding():
+    """A kind's entries may be given per width class (decode on sm_80/sm_100/sm_120), the
+    rest under "*"; the sm120 16-bit dk/dv class at n <= 16 pads a masked head dim only."""
+    dec = configs.table("sm80", torch.float32)[1]["decode"]
+    assert configs.others("decode", "sm80", torch.float32, (64, 128)) == dec[(64, 128)] != dec["*"]
+    assert configs.others("decode", "sm80", torch.float32, (128, 16)) == dec["*"]
+    assert configs.others("decode", "sm80", torch.float32) == dec["*"]
+    pads = configs.pads_head_dim
+    assert pads("dkv", 96, 128, 16, "sm120", torch.bfloat16) and pads("dkv", 80, 128, 16, "sm120", torch.float16)
+    assert not pads("dkv", 128, 128, 16, "sm120", torch.bfloat16)        # nothing masked: nothing to pad
+    assert not pads("dkv", 96, 128, 64, "sm120", torch.bfloat16)         # another class
+    assert not pads("dkv", 96, 128, 16, "sm120", torch.float32)          # another dtype class
+    assert not pads("dkv", 96, 128, 16, "sm86", torch.bfloat16) and not pads("dkv", 96, 128, 16, None, torch.bfloat16)
+    assert not pads("dq", 96, 128, 16, "sm120", torch.bfloat16)

@@ -174,8 +174,9 @@ def compile_task(task, arch, dtype):
     t0 = time.perf_counter()
     row = dict(task.as_row(), arch=target.arch, dtype=DTYPE_NAMES.get(sh.dtype, sh.dtype))
     try:
-        launch = next(x for x in launches_of(task.family, task.d, task.n, sh, target, "entries")
-                      if x.kernel.fn.__name__ == task.kernel)
+        mode, index = task.launch           # the very call that made the task: its arguments' specialisation
+        launch = launches_of(task.family, task.d, task.n, sh, target, mode)[index]
+        assert launch.kernel.fn.__name__ == task.kernel, (task.kernel, launch.kernel.fn.__name__)
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             compiled = launch.kernel.warmup(*launch.args, grid=(1,), **task.kwargs)

@@ -146,6 +146,7 @@ class Task:
     head_dims: list = field(default_factory=list)
     d_states: list = field(default_factory=list)
     order: int = 0
+    launch: tuple = ("pick", 0)   # (mode, index) in launches_of(family, d, n, ...): the call it compiles
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -192,23 +193,23 @@ def plan(dims, states, sh, target, families=None):
         fam_dims = list(YARDSTICK_DIMS) if family == "yardstick-fa2" else list(dims)
         for d in (fam_dims if uses_d else fam_dims[:1]):
             for n in (states if uses_n else states[:1]):
-                found = [(launch, _strip(launch.kwargs), True, False)
-                         for launch in launches_of(family, d, n, sh, target)]
-                found += [(launch, _strip(launch.kwargs), False, True)
-                          for launch in launches_of(family, d, n, sh, target, "entries")]
-                for launch in launches_of(family, d, n, sh, target, "autotune"):
+                found = [(launch, _strip(launch.kwargs), True, False, ("pick", i))
+                         for i, launch in enumerate(launches_of(family, d, n, sh, target))]
+                found += [(launch, _strip(launch.kwargs), False, True, ("entries", i))
+                          for i, launch in enumerate(launches_of(family, d, n, sh, target, "entries"))]
+                for i, launch in enumerate(launches_of(family, d, n, sh, target, "autotune")):
                     if launch.tuner is not None:
                         with target_standin(target):
                             cfgs = _tuner_configs(launch)
-                        found += [(launch, {**_strip(launch.kwargs), **_strip(c.all_kwargs())}, False, True)
-                                  for c in cfgs]
-                for launch, kwargs, pick, tuned in found:
+                        found += [(launch, {**_strip(launch.kwargs), **_strip(c.all_kwargs())}, False, True,
+                                   ("autotune", i)) for c in cfgs]
+                for launch, kwargs, pick, tuned, source in found:
                     name = launch.kernel.fn.__name__
                     key = (name, tuple(map(_arg_key, launch.args)),
                            tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
                     if key not in tasks:
                         order += 1
-                        tasks[key] = Task(family, name, d, n, kwargs, order=order)
+                        tasks[key] = Task(family, name, d, n, kwargs, order=order, launch=source)
                     task = tasks[key]
                     task.pick |= pick
                     task.tuned |= tuned

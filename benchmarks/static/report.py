@@ -99,6 +99,9 @@ def fingerprint(arch: str, dtype: str, family: str, root: Path = ROOT) -> str:
     kinds = FAMILY_SOURCES[family][1]
     h.update(repr(sorted((k, v) for k, v in attention.items() if k[0] in kinds)).encode())
     h.update(repr(sorted((k, v) for k, v in others.items() if k in kinds)).encode())
+    pads = getattr(configs.TABLES[TARGETS[arch].family], "PAD_HEAD_DIM", ())
+    h.update(repr(sorted(p for p in pads if p[0] == configs.dtype_class(getattr(torch, DTYPES[dtype]))
+                         and p[1] in kinds)).encode())
     return h.hexdigest()[:16]
 
 

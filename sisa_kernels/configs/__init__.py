@@ -67,14 +67,27 @@ def table(family: str, dtype: torch.dtype):
     return mod.ATTENTION, mod.OTHERS
 
 
+def pads_head_dim(kind: str, d: int, d_pad: int, n_pad: int, family: str | None, dtype) -> bool:
+    """Whether ``kind`` runs on copies of its inputs zero-padded from head dim ``d`` to
+    ``d_pad``: where the family's ``PAD_HEAD_DIM`` lists the (dtype class, kind, width
+    class), because the kernel's masked head dim spills where the full one does not."""
+    return (family is not None and d < d_pad
+            and (dtype_class(dtype), kind, *width_class(d_pad, n_pad)) in getattr(TABLES[family], "PAD_HEAD_DIM", ()))
+
+
 def candidates(kind: str, d_pad: int, n_pad: int, family: str = "sm90", dtype=torch.bfloat16) -> list[tuple]:
     """The configs an attention launcher may run for ``kind`` ("fwd", "dq", "dkv"), best first."""
     return table(family, dtype)[0][(kind, *width_class(d_pad, n_pad))]
 
 
-def others(kind: str, family: str = "sm90", dtype=torch.bfloat16) -> list:
-    """The entries of a non-attention kernel ("delta", "decode", "scan", "augment"), best first."""
-    return table(family, dtype)[1][kind]
+def others(kind: str, family: str = "sm90", dtype=torch.bfloat16, width: tuple | None = None) -> list:
+    """The entries of a non-attention kernel ("delta", "decode", "scan", "augment"), best first.
+    A table may give a kind's entries per width class, {(d, n): entries, "*": the rest};
+    ``width`` (padded head dim, padded d_state) then picks them."""
+    entries = table(family, dtype)[1][kind]
+    if isinstance(entries, dict):
+        return entries.get(width_class(*width), entries["*"]) if width else entries["*"]
+    return entries
 
 
 def full_entry(cfg: tuple) -> tuple:

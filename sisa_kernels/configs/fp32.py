@@ -83,4 +83,8 @@ ATTENTION_FP32_SM120 = _capped({
 
 OTHERS_FP32 = {"delta": [64, 32], "decode": [(16, 6144, 4, 3)], "scan": [1024, 512], "augment": [(16, 16)]}
 OTHERS_FP32_99KIB = {**OTHERS_FP32, "decode": [(16, 3072, 4, 2)]}
-OTHERS_FP32_SM80 = {**OTHERS_FP32, "decode": [(16, 6144, 4, 2)]}
+OTHERS_FP32_SM120 = {**OTHERS_FP32, "scan": [(1024, 255), (512, 255)],
+                     "decode": {"*": [(16, 3072, 4, 2)], (128, 128): [(16, 3072, 4, 3)]}}
+OTHERS_FP32_SM100 = {**OTHERS_FP32, "decode": [(16, 3072, 4, 3)]}
+OTHERS_FP32_SM80 = {**OTHERS_FP32, "scan": [(1024, 255), (512, 255)],
+                    "decode": {"*": [(16, 6144, 4, 3)], (64, 128): [(16, 6144, 4, 2)]}}

@@ -8,7 +8,7 @@ sm_90's tiles (``python -m benchmarks.static --arch sm_100``): the forward's 64x
 not) and the augment backward's 16-row tiles of wide rows (24 B at d=64, n=128: 8
 rows). Float32: ``fp32.py``.
 """
-from .fp32 import ATTENTION_FP32_SM100 as ATTENTION_FP32, OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32_SM100 as ATTENTION_FP32, OTHERS_FP32_SM100 as OTHERS_FP32  # noqa: F401
 
 ATTENTION = {
     ("fwd", 64, 16): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
@@ -37,5 +37,7 @@ ATTENTION = {
     ("dkv", 256, 128): [(16, 16, 4, 2)],
 }
 
-OTHERS = {"delta": [16, 8], "decode": [(16, 12288, 4, 3), (16, 12288, 4, 2)], "scan": [1024, 512],
-          "augment": [(16, 8), (8, 8)]}
+OTHERS = {"delta": [16, 8],
+          "decode": {"*": [(16, 12288, 4, 3), (16, 12288, 4, 2)],
+                     (128, 128): [(16, 6144, 4, 3), (16, 6144, 4, 2)], (256, 128): [(16, 12288, 4, 3)]},
+          "scan": [1024, 512], "augment": [(16, 8), (8, 8)]}

@@ -11,7 +11,7 @@ sm_120``, bf16):
 - the scan backward's 256-element tiles at n=16 (16 B).
 Entries as in ``sm90.py``; float32 inputs: ``fp32.py``.
 """
-from .fp32 import ATTENTION_FP32_SM120 as ATTENTION_FP32, OTHERS_FP32_99KIB as OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32_SM120 as ATTENTION_FP32, OTHERS_FP32_SM120 as OTHERS_FP32  # noqa: F401
 
 ATTENTION = {
     ("fwd", 64, 16): [(64, 64, 4, 3), (64, 32, 4, 2)],
@@ -39,5 +39,10 @@ ATTENTION = {
     ("dkv", 256, 64): [(16, 16, 4, 2)],
     ("dkv", 256, 128): [(16, 16, 4, 2)],
 }
+
+# (dtype class, kind, width class) whose launches run on inputs zero-padded to the class's
+# head dim (``configs.pads_head_dim``): dk/dv 32x16 with 2 warps at d=96, n=16 spills 24 B at
+# 255 registers (every tile and warp count tried spills there), at d=128 none.
+PAD_HEAD_DIM = {("16bit", "dkv", 128, 16)}
 
 OTHERS = {"delta": [64, 32], "decode": [(32, 12288, 4, 2)], "scan": [512, 128], "augment": [(16, 16)]}
