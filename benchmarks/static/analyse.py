@@ -82,6 +82,7 @@ def _tool(name):
 
 def _uncapped(ptx, capability):
     """(registers, spilled bytes) of the PTX compiled with ``.maxnreg 255``, or None."""
+    ptx = re.sub(r"^\s*\.maxnreg\s+\d+\s*$", "", ptx, flags=re.M)    # a launch's own cap (maxnreg) goes
     capped, found = re.subn(r"(\.(?:reqntid|maxntid)[^\n]*)", r"\1\n.maxnreg 255", ptx, count=1)
     if not found:
         return None

@@ -19,7 +19,10 @@ without spills (``fp32.py``). The choice is the
 first entry, the same in every process; nothing is benchmarked at run time unless
 ``SISA_AUTOTUNE=1`` (Triton's autotuner over the family's entries, keyed on the
 power-of-two bucket of the sequence length). A launch that still fails (out of
-resources, a compile error) moves to the next entry, see ``launch.run``.
+resources, a compile error) moves to the next entry, see ``launch.run``. Where a
+family's masked head dim spills and the full one does not, its ``PAD_HEAD_DIM`` names
+the class whose launches run on zero-padded copies (``pads_head_dim``: sm_120's 16-bit
+dk/dv at d=96, n <= 16).
 
 Head dim 256 on sm_90 needs two concessions: 16-row backward tiles (every wider one
 spills) and d_state tiles at least 32 wide (``min_state_tile``), so it has no 16-wide

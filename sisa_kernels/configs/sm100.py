@@ -6,9 +6,13 @@ sm_90's tiles (``python -m benchmarks.static --arch sm_100``): the forward's 64x
 (152-168 B at d=256: 16 and 8 rows), the decode's 32-row tiles (8-16 B at d=256 with
 4 or 8 warps: 16 rows with 4 warps are clean at every width, with 8 warps they are
 not) and the augment backward's 16-row tiles of wide rows (24 B at d=64, n=128: 8
-rows). Float32: ``fp32.py``.
+rows). Measured again once the report compiled each decode call with its own
+arguments (the 8-query, grouped-query calls had been compiled as the one-query call):
+with 12,288-element key tiles the 8-query-heads tile spilled 8-16 B at 168 registers at
+d=96/128, n=128 (3 stages) and d=256, n=128 (2 stages), so those two width classes take
+6,144 elements and 3 stages only. Float32: ``fp32.py``.
 """
-from .fp32 import ATTENTION_FP32_SM100 as ATTENTION_FP32, OTHERS_FP32_SM100 as OTHERS_FP32  # noqa: F401
+from .fp32 import ATTENTION_FP32_SM100 as ATTENTION_FP32, OTHERS_FP32  # noqa: F401
 
 ATTENTION = {
     ("fwd", 64, 16): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],

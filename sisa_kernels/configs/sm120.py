@@ -7,7 +7,9 @@ sm_120``, bf16):
   at d=64, n=64 (148 B), 64x32 with 8 warps at d=64, n=128 (32 B);
 - dk/dv at d=128, n=16: every tile tried with 4 or 8 warps spills (56-2,568 B; 16x16
   to 64x32, 1-3 stages), so 32x16 with 2 warps (255 registers, none spilled) is the
-  only entry;
+  only entry; at d=96 the same tile, its head dim masked, spills 24 B at 255 registers
+  (as did every tile and warp count tried there), so that class runs on copies
+  zero-padded to 128 (``PAD_HEAD_DIM``): the d=128 compile;
 - the scan backward's 256-element tiles at n=16 (16 B).
 Entries as in ``sm90.py``; float32 inputs: ``fp32.py``.
 """

@@ -8,8 +8,11 @@ the deeper pipeline. OTHERS / OTHERS_FP32: the other kernels' entries, best firs
 - "delta": BLOCK, rows of the backward's o.do kernel;
 - "decode": (most rows per tile, elements of the k, v, B_rot key tiles together,
   num_warps, num_stages) of the split kernel;
-- "scan": elements per (BLOCK_T x BLOCK_P) tile of both scan kernels;
+- "scan": elements per (BLOCK_T x BLOCK_P) tile of both scan kernels, or (elements,
+  maxnreg) with a register cap (``fp32.py``);
 - "augment": (BLOCK_T for rows of d + n <= 128, BLOCK_T for wider rows).
+A kind's entries may also be given per width class, {(d, n): entries, "*": the rest}
+(``configs.others``; decode on sm_80, sm_100 and sm_120).
 Every entry compiles for its arch with 0 spilled bytes and shared memory within the
 limit (``python -m benchmarks.static --arch sm_90``).
 """
