@@ -217,3 +217,25 @@ def test_entries_per_width_class_and_head_dim_padding():
     assert not pads("dkv", 96, 128, 16, "sm120", torch.float32)          # another dtype class
     assert not pads("dkv", 96, 128, 16, "sm86", torch.bfloat16) and not pads("dkv", 96, 128, 16, None, torch.bfloat16)
     assert not pads("dq", 96, 128, 16, "sm120", torch.bfloat16)
+
+
+def test_a_scan_entry_with_a_cap_passes_it_on(on_gpu):
+    """sm_80's float32 scan entries are (elements, maxnreg): the launch gets both, and a
+    failed launch moves to the next entry with its own cap."""
+    from sisa_kernels import scan
+    use, _ = on_gpu
+    use((8, 0), 163 * KIB)
+    entries = configs.others("scan", "sm80", torch.float32)
+    assert entries == [(1024, 255), (512, 255)]
+    first_16bit = configs.others("scan", "sm80", torch.bfloat16)[0]
+    calls = []
+
+    def launch_one(elements, options):
+        calls.append((elements, options))
+        if len(calls) == 1:
+            raise OutOfResources(300_000, 166_912, "shared memory")
+    scan._launch("_scan_fwd_kernel", torch.device("cuda", 0), torch.float32, launch_one)
+    assert calls == [(1024, {"maxnreg": 255}), (512, {"maxnreg": 255})]
+    calls.clear()
+    scan._launch("_scan_fwd_kernel", torch.device("cuda", 0), torch.bfloat16, lambda e, o: calls.append((e, o)))
+    assert calls == [(first_16bit, {})]
