@@ -6,8 +6,9 @@ the code of the family's launcher module and every project file it imports, howe
 deeply (``sources``: for the scan, scan.py, scan_ref.py, errors.py and the configs
 package), over the report's own planning code (shapes and launch stand-ins), and over
 the table entries that family's launchers read (``TABLE_KINDS``), in the pair's arch
-family and dtype class, with the family's ``PAD_HEAD_DIM`` classes of those kinds. A family whose fingerprint differs from the committed file's
-is stale, and a run recompiles only the stale families of a pair. The code is the
+family and dtype class, with the family's ``PAD_HEAD_DIM`` classes of those kinds. A
+family whose fingerprint differs from the committed file's is stale, and a run
+recompiles only the stale families of a pair. The code is the
 syntax tree (``code_of``), so comments, docstrings, a table file's prose, another
 family's entries and another kernel's source can change and leave a report current.
 """
